@@ -1,0 +1,154 @@
+"""Structured configs: dataclasses validated by OmegaConf, loaded from YAML, overridden as ``key=value``.
+
+``load_config("configs/toy.yaml", ["grpo.lr=1e-3", "seed=3"])`` returns a typed :class:`Config`.
+An unknown key, a wrong type or a value outside its allowed choices raises :class:`ConfigError` naming
+the key (and the file it came from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+def _choice(default, *choices):
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class RouterConfig:
+    features: str = _choice("logprob", "logprob", "prm")
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    activation: str = _choice("tanh", "tanh", "relu", "gelu", "silu")
+    layer_norm: bool = False
+    topk: int = 5  # top-k log-probs per token the logprob family reads
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8
+    epochs: int = 4
+    minibatches: int = 4
+    lr: float = 3e-4
+    max_grad_norm: float = 1.0
+    clip_eps: float = 0.2
+    clip_eps_high: Optional[float] = None
+    beta: float = 0.0  # KL-to-reference weight
+    kl: str = _choice("k3", "k1", "k2", "k3", "exact")
+    agg: str = _choice("token-mean", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+    entropy_coef: float = 0.0
+    adv_scale: str = _choice("group", "group", "batch", "none")
+    adv_eps: float = 1e-6
+
+
+@dataclass
+class RewardConfig:
+    # reward term name -> weight; terms come from roro_jax.rl.rewards' registry
+    weights: dict[str, float] = field(default_factory=lambda: {"outcome": 1.0, "cost": 0.3, "process": 0.0})
+    combine: str = _choice("sum_then_normalize", "sum_then_normalize", "normalize_then_sum")
+
+
+@dataclass
+class ParallelConfig:
+    mode: str = _choice("single", "single", "shard_map", "pmap", "jit_sharded")
+    devices: int = 0  # 0 = all visible devices
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None  # None = <out_dir>/checkpoints
+    every: int = 1
+    keep: int = 3
+
+
+@dataclass
+class TrainConfig:
+    updates: int = 50
+    log_every: int = 1
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic routing batch (used until the toy world is wired in, and in tests)."""
+
+    queries: int = 64
+    steps: int = 16
+    features: int = 32
+
+
+@dataclass
+class Config:
+    world: str = _choice("synthetic", "synthetic", "toy", "replay", "live")
+    seed: int = 0
+    out_dir: str = "runs/demo"
+    router: RouterConfig = field(default_factory=RouterConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def _check_choices(obj: Any, prefix: str = "") -> None:
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
+        _check_choices(value, key + ".")
+
+
+def _wrap(e: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    head = f"config key '{key}'" if key else "config"
+    return ConfigError(f"{head} ({where}): {msg}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema=Config):
+    """Load ``schema`` defaults, merge a YAML file, then ``key=value`` overrides; validate; return the dataclass."""
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, True)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            layers.append((OmegaConf.load(path), str(path)))
+        except Exception as e:  # YAML syntax errors
+            raise ConfigError(f"config file {path}: {e}") from None
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got {bad}")
+    if overrides:
+        layers.append((OmegaConf.from_dotlist(list(overrides)), "command line"))
+    cfg = base
+    for layer, where in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as e:
+            raise _wrap(e, where) from None
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _wrap(e, "resolved") from None
+    _check_choices(obj)
+    return obj
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
