@@ -1,0 +1,32 @@
+"""Test-suite wiring: the ``shared_data`` group runs only where ../shared/data exists."""
+
+import os
+
+import pytest
+
+from roro_jax.paths import shared_data_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    if shared_data_dir().exists():
+        return
+    keep, dropped = [], []
+    for item in items:
+        (dropped if item.get_closest_marker("shared_data") else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+        msg = (f"NOTICE: {len(dropped)} tests of the 'shared_data' group deselected: "
+               f"{shared_data_dir()} does not exist (set RORO_SHARED_DATA to run them)")
+        config._roro_notice = msg
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    msg = getattr(config, "_roro_notice", None)
+    if msg:
+        terminalreporter.write_line(msg, yellow=True)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    return shared_data_dir()
