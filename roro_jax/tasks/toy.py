@@ -1,0 +1,552 @@
+"""The toy world's task: multi-step integer arithmetic with one operation per step.
+
+A problem is an expression over small integers; its reference solution performs one operation per
+step, steps separated by a blank line, and ends with an ``Answer:`` step::
+
+    question:  "7 * 3 + 4 - 5"
+    prompt:    "7 * 3 + 4 - 5\\n\\n"                         (see :func:`prompt_text`)
+    solution:  "7 * 3 = 21\\n\\n21 + 4 = 25\\n\\n25 - 5 = 20\\n\\nAnswer: 20"
+
+Difficulty is set by :class:`ToyConfig` (number of operations, operand range, operators, precedence,
+bounds on every intermediate value); :data:`DIFFICULTIES` holds named presets. The default keeps
+operands in 1..9 and every intermediate result in 0..99, so each step is a one-digit operation on a
+running value below 100: tiny character-level models (DESIGN.md §2) can learn the format and most of
+the arithmetic, and their errors sit on identifiable result digits.
+
+- Generation is seeded and reproducible (``random.Random`` with a string seed, which is stable across
+  Python versions and platforms).
+- Train/test membership is a function of the problem itself: ``sha256("<precedence>|<expression>")``
+  mapped to [0, 1) and compared with ``test_fraction``. The same expression is therefore always in
+  the same split, whatever the seed, so the two splits can never overlap (for a fixed
+  ``test_fraction``; a larger fraction moves some former training problems into the test split).
+- :func:`check_solution` grades a model's solution step by step and says which step is the first
+  wrong one (and why), accepting any legal evaluation order under standard precedence.
+- :func:`build_tokenizer` / :func:`save_tokenizer` make the character-level tokenizer (printable ASCII
+  plus ``<pad> <s> </s> <unk>``) that the toy models ship with.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import operator
+import random
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from roro_jax.tasks.problem import Problem
+
+STEP_SEP = "\n\n"
+ANSWER_PREFIX = "Answer: "
+SOURCE = "toy"
+
+# operator -> (precedence, function); "/" is exact integer division (the generator only emits it
+# when the division leaves no remainder).
+OPERATORS = {
+    "+": (1, operator.add),
+    "-": (1, operator.sub),
+    "*": (2, operator.mul),
+    "/": (2, None),
+}
+PRECEDENCE_MODES = ("left_to_right", "standard")
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Difficulty of the toy task.
+
+    Attributes:
+      min_ops, max_ops: number of operations per problem (uniform in the closed range).
+      operand_min, operand_max: range of every operand written in the question.
+      operators: the operators to draw from (subset of ``"+-*/"``).
+      precedence: ``"left_to_right"`` (evaluate strictly left to right; the question means
+        ``((a op b) op c) ...``) or ``"standard"`` (``*`` and ``/`` before ``+`` and ``-``,
+        left-associative; the reference takes the leftmost legal operation first).
+      min_value, max_value: bounds on every intermediate result and the answer (problems that
+        leave them are never generated).
+      test_fraction: share of the problem space in the test split (by hash).
+    """
+
+    min_ops: int = 2
+    max_ops: int = 4
+    operand_min: int = 1
+    operand_max: int = 9
+    operators: str = "+-*"
+    precedence: str = "left_to_right"
+    min_value: int = 0
+    max_value: int = 99
+    test_fraction: float = 0.1
+
+    def __post_init__(self):
+        if not 1 <= self.min_ops <= self.max_ops:
+            raise ValueError(f"ToyConfig: need 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}")
+        if not self.operand_min <= self.operand_max:
+            raise ValueError("ToyConfig: operand_min > operand_max")
+        if self.operand_min < 0:
+            raise ValueError("ToyConfig: operands must be >= 0 (the question has no unary minus)")
+        if not self.operators or any(o not in OPERATORS for o in self.operators):
+            raise ValueError(f"ToyConfig: operators must be a non-empty subset of '+-*/', got "
+                             f"{self.operators!r}")
+        if len(set(self.operators)) != len(self.operators):
+            raise ValueError(f"ToyConfig: repeated operator in {self.operators!r}")
+        if self.precedence not in PRECEDENCE_MODES:
+            raise ValueError(f"ToyConfig: precedence must be one of {PRECEDENCE_MODES}, got "
+                             f"{self.precedence!r}")
+        if not self.min_value <= self.max_value:
+            raise ValueError("ToyConfig: min_value > max_value")
+        if not (self.min_value <= self.operand_max and self.operand_min <= self.max_value):
+            raise ValueError("ToyConfig: no operand lies within [min_value, max_value]")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"ToyConfig: test_fraction must be in (0, 1), got {self.test_fraction}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Named presets. "default" is the one the shipped toy models are meant for: the small model should
+# land at 35-75% accuracy and the large one above 90% (DESIGN.md §2); "easy"/"hard" bracket it.
+DIFFICULTIES: dict[str, ToyConfig] = {
+    "easy": ToyConfig(min_ops=2, max_ops=3, operators="+-", max_value=50),
+    "default": ToyConfig(),
+    "medium": ToyConfig(min_ops=2, max_ops=5),
+    "hard": ToyConfig(min_ops=2, max_ops=5, operand_max=20, operators="+-*/", precedence="standard",
+                      max_value=199),
+}
+
+
+def difficulty(name: str = "default", **overrides) -> ToyConfig:
+    """A named preset from :data:`DIFFICULTIES`, with field overrides (``difficulty("default", max_ops=5)``)."""
+    try:
+        base = DIFFICULTIES[name]
+    except KeyError:
+        raise KeyError(f"unknown toy difficulty {name!r}; known: {sorted(DIFFICULTIES)}") from None
+    return replace(base, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Expressions and their evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """One step: ``left op right = result``, applied at operator position ``pos``."""
+
+    pos: int
+    left: int
+    op: str
+    right: int
+    result: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.left} {self.op} {self.right} = {self.result}"
+
+
+def apply_op(a: int, op: str, b: int) -> int | None:
+    """``a op b`` on integers; None for a division by zero or with a remainder."""
+    if op == "/":
+        if b == 0 or a % b:
+            return None
+        return a // b
+    return OPERATORS[op][1](a, b)
+
+
+def legal_positions(ops: Sequence[str], precedence: str) -> list[int]:
+    """Operator positions that may be evaluated next (left-associative, ``*``/``/`` bind tighter).
+
+    Position i (combining values i and i+1) is legal under standard precedence iff the operator on
+    its left binds strictly less tightly and the one on its right no more tightly.
+    """
+    if not ops:
+        return []
+    if precedence == "left_to_right":
+        return [0]
+    prec = [OPERATORS[o][0] for o in ops]
+    return [i for i in range(len(ops))
+            if (i == 0 or prec[i - 1] < prec[i]) and (i == len(ops) - 1 or prec[i + 1] <= prec[i])]
+
+
+def reduce_at(values: list[int], ops: list[str], pos: int) -> tuple[list[int], list[str], Reduction | None]:
+    a, op, b = values[pos], ops[pos], values[pos + 1]
+    c = apply_op(a, op, b)
+    if c is None:
+        return values, ops, None
+    return (values[:pos] + [c] + values[pos + 2:], ops[:pos] + ops[pos + 1:],
+            Reduction(pos, a, op, b, c))
+
+
+def evaluate(values: Sequence[int], ops: Sequence[str], precedence: str = "left_to_right",
+             bounds: tuple[int, int] | None = None) -> list[Reduction] | None:
+    """The reference evaluation order (leftmost legal operation first) as a list of reductions.
+
+    None if an operation is an inexact division or a result leaves ``bounds`` (inclusive).
+    """
+    values, ops = list(values), list(ops)
+    if len(values) != len(ops) + 1:
+        raise ValueError(f"{len(values)} values need {len(values) - 1} operators, got {len(ops)}")
+    out = []
+    while ops:
+        values, ops, red = reduce_at(values, ops, legal_positions(ops, precedence)[0])
+        if red is None or (bounds is not None and not bounds[0] <= red.result <= bounds[1]):
+            return None
+        out.append(red)
+    return out
+
+
+def format_expression(values: Sequence[int], ops: Sequence[str]) -> str:
+    parts = [str(values[0])]
+    for o, v in zip(ops, values[1:]):
+        parts += [o, str(v)]
+    return " ".join(parts)
+
+
+_TOKEN_RE = re.compile(r"\s*(\d+|[+\-*/])")
+
+
+def parse_expression(text: str) -> tuple[list[int], list[str]]:
+    """``"7 * 3 + 4"`` -> ``([7, 3, 4], ["*", "+"])``; ValueError on anything else."""
+    toks, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN_RE.match(text, pos)
+        if not m:
+            raise ValueError(f"not a toy expression: {text!r} (at column {pos})")
+        toks.append(m.group(1))
+        pos = m.end()
+    if len(toks) < 3 or len(toks) % 2 == 0:
+        raise ValueError(f"not a toy expression: {text!r}")
+    values, ops = toks[0::2], toks[1::2]
+    if not all(v.isdigit() for v in values) or not all(o in OPERATORS for o in ops):
+        raise ValueError(f"not a toy expression: {text!r}")
+    return [int(v) for v in values], list(ops)
+
+
+def solution_text(reductions: Sequence[Reduction]) -> str:
+    """Reference solution: one operation per step, then ``Answer: N``, joined by blank lines."""
+    return STEP_SEP.join([r.text for r in reductions] + [f"{ANSWER_PREFIX}{reductions[-1].result}"])
+
+
+def prompt_text(problem: Problem) -> str:
+    """What the toy models are conditioned on: the question, then a blank line (no BOS; the
+    tokenizer adds it)."""
+    return problem.question + STEP_SEP
+
+
+def training_text(problem: Problem) -> str:
+    """Prompt + reference solution: the text the toy models are trained on (EOS appended by callers)."""
+    if problem.solution is None:
+        raise ValueError(f"problem {problem.id} has no reference solution")
+    return prompt_text(problem) + problem.solution
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits and generation
+# ----------------------------------------------------------------------------------------------
+
+
+def canonical_key(expression: str, precedence: str) -> str:
+    values, ops = parse_expression(expression)
+    return f"{precedence}|{format_expression(values, ops)}"
+
+
+def split_of(expression: str, precedence: str = "left_to_right", test_fraction: float = 0.1) -> str:
+    """``"test"`` or ``"train"``: a pure function of the canonical problem (never of a seed)."""
+    h = hashlib.sha256(canonical_key(expression, precedence).encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2.0 ** 64
+    return "test" if u < test_fraction else "train"
+
+
+def make_problem(values: Sequence[int], ops: Sequence[str], cfg: ToyConfig = ToyConfig(),
+                 split: str | None = None) -> Problem:
+    """A Problem for a given expression (its reference solution computed under ``cfg.precedence``)."""
+    reds = evaluate(values, ops, cfg.precedence)
+    if reds is None:
+        raise ValueError(f"{format_expression(values, ops)}: inexact division")
+    expr = format_expression(values, ops)
+    key = canonical_key(expr, cfg.precedence)
+    pid = "toy-" + hashlib.sha1(key.encode()).hexdigest()[:12]
+    split = split or split_of(expr, cfg.precedence, cfg.test_fraction)
+    return Problem(pid, expr, str(reds[-1].result), SOURCE, solution_text(reds),
+                   {"precedence": cfg.precedence, "n_ops": len(ops), "split": split})
+
+
+@functools.lru_cache(maxsize=65536)
+def _valid_moves(v: int, cfg: ToyConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(operator, operands) pairs that keep ``v op b`` an exact result within the value bounds."""
+    moves = []
+    for o in sorted(cfg.operators):
+        bs = tuple(b for b in range(cfg.operand_min, cfg.operand_max + 1)
+                   if (c := apply_op(v, o, b)) is not None and cfg.min_value <= c <= cfg.max_value)
+        if bs:
+            moves.append((o, bs))
+    return tuple(moves)
+
+
+def _sample_expression(rng: random.Random, cfg: ToyConfig, max_tries: int = 1000):
+    """One valid expression. The number of operations is drawn first, uniformly, and kept.
+
+    ``left_to_right``: built operation by operation; each operator is drawn uniformly among those that
+    have a valid operand for the running value, then the operand uniformly among the valid ones.
+    ``standard``: operators and operands drawn uniformly and the whole expression redrawn until every
+    step of its reference evaluation is valid (exact division, results within bounds).
+    """
+    n = rng.randint(cfg.min_ops, cfg.max_ops)
+    lo, hi = max(cfg.operand_min, cfg.min_value), min(cfg.operand_max, cfg.max_value)
+    for _ in range(max_tries):
+        if cfg.precedence == "left_to_right":
+            v = rng.randint(lo, hi)
+            values, ops = [v], []
+            for _ in range(n):
+                moves = _valid_moves(v, cfg)
+                if not moves:
+                    break
+                o, bs = rng.choice(moves)
+                b = rng.choice(bs)
+                values.append(b)
+                ops.append(o)
+                v = apply_op(v, o, b)
+            if len(ops) == n:
+                return values, ops
+        else:
+            values = [rng.randint(cfg.operand_min, cfg.operand_max) for _ in range(n + 1)]
+            ops = [rng.choice(cfg.operators) for _ in range(n)]
+            if evaluate(values, ops, cfg.precedence, (cfg.min_value, cfg.max_value)) is not None:
+                return values, ops
+    raise RuntimeError(f"toy generator: no valid {n}-operation expression in {max_tries} tries; the "
+                       f"config is too restrictive: {cfg}")
+
+
+def iter_problems(cfg: ToyConfig = ToyConfig(), *, seed: int = 0, split: str = "train",
+                  unique: bool = False) -> Iterator[Problem]:
+    """An endless, reproducible stream of problems of one split (``"train"`` | ``"test"`` | ``"all"``).
+
+    With ``unique=True`` no problem repeats (the stream ends with RuntimeError once the split's problem
+    space looks exhausted: 100,000 draws in a row without a new problem).
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    rng = random.Random(f"roro-toy:{seed}:{split}")
+    seen: set[str] = set()
+    misses = 0
+    while True:
+        values, ops = _sample_expression(rng, cfg)
+        expr = format_expression(values, ops)
+        s = split_of(expr, cfg.precedence, cfg.test_fraction)
+        if split != "all" and s != split:
+            continue
+        if unique:
+            if expr in seen:
+                misses += 1
+                if misses > 100_000:
+                    raise RuntimeError(f"toy generator: {split} split exhausted after {len(seen)} "
+                                       f"unique problems under {cfg}")
+                continue
+            seen.add(expr)
+            misses = 0
+        yield make_problem(values, ops, cfg, s)
+
+
+def generate(n: int, cfg: ToyConfig = ToyConfig(), *, seed: int = 0, split: str = "train",
+             unique: bool = True) -> list[Problem]:
+    """``n`` problems of ``split``, reproducible from ``(cfg, seed, split)``; distinct by default."""
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    it = iter_problems(cfg, seed=seed, split=split, unique=unique)
+    return [next(it) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Step-level checking
+# ----------------------------------------------------------------------------------------------
+
+_STEP_RE = re.compile(r"^(-?\d+)\s*([+\-*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?$")
+_ANSWER_RE = re.compile(r"^Answer:\s*(-?\d+)\s*\.?$")
+
+# Verdicts for one step.
+OK = "ok"
+VERDICTS = {
+    "ok": "the step is right",
+    "format": "not of the form 'a op b = c' (or 'Answer: N' once all operations are done)",
+    "operand": "the operation 'a op b' does not occur in the current expression",
+    "order": "the operation occurs but may not be evaluated yet (precedence / left-to-right order)",
+    "arithmetic": "the right operation with a wrong result",
+    "premature_answer": "an 'Answer:' step while operations remain",
+    "answer": "'Answer: N' with the wrong N",
+    "extra": "a step after the solution was complete",
+    "unchecked": "after the first wrong step (not checked)",
+}
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """Step-by-step verdict on a model's toy solution.
+
+    Attributes:
+      steps: the model's steps as checked.
+      verdicts: one per step, a key of :data:`VERDICTS`; steps after the first wrong one are
+        ``"unchecked"``.
+      first_wrong: index of the first wrong step; ``len(steps)`` when every step is right but the
+        solution stops before its ``Answer:`` step; None when the whole solution is right.
+      final_answer_correct: whether the final ``Answer:`` (as :func:`roro_jax.tasks.grade` reads it)
+        equals the gold answer, whatever the steps (a wrong path can land on the right number).
+      n_reference_steps: steps in the reference solution (operations + the Answer step).
+    """
+
+    steps: tuple[str, ...]
+    verdicts: tuple[str, ...]
+    first_wrong: int | None
+    final_answer_correct: bool
+    n_reference_steps: int
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def correct(self) -> bool:
+        return self.first_wrong is None
+
+    @property
+    def step_correct(self) -> list[bool]:
+        """Per model step: True for steps before the first wrong one."""
+        fw = len(self.steps) if self.first_wrong is None else self.first_wrong
+        return [i < fw for i in range(len(self.steps))]
+
+
+def split_steps(text: str) -> list[str]:
+    """Blank-line separated steps, stripped, empty ones dropped."""
+    return [s.strip() for s in text.split(STEP_SEP) if s.strip()]
+
+
+def check_solution(problem: Problem, solution: str | Sequence[str], *,
+                   precedence: str | None = None) -> StepCheck:
+    """Check a model's solution of a toy problem step by step.
+
+    ``solution`` is the generated text (split on blank lines, empty pieces dropped) or a list of
+    steps as the rollout recorded them (checked as given; an empty one is a ``"format"`` error).
+    Every operation step must be ``a op b = c`` where ``a op b`` is an operation that may be
+    evaluated next in the current expression (any legal order is accepted under standard
+    precedence) and ``c`` is its result; after the last operation comes ``Answer: N``.
+    The precedence is the problem's (``problem.meta["precedence"]``) unless given.
+    """
+    prec = precedence or problem.meta.get("precedence", "left_to_right")
+    if prec not in PRECEDENCE_MODES:
+        raise ValueError(f"unknown precedence {prec!r}")
+    values, ops = parse_expression(problem.question)
+    n_ref = len(ops) + 1
+    steps = split_steps(solution) if isinstance(solution, str) else [str(s).strip() for s in solution]
+    verdicts: list[str] = []
+    reasons: list[str] = []
+    first_wrong: int | None = None
+    answered = False
+    for i, s in enumerate(steps):
+        if first_wrong is not None:
+            verdicts.append("unchecked")
+            reasons.append("")
+            continue
+        m_op, m_ans = _STEP_RE.match(s), _ANSWER_RE.match(s)
+        verdict, reason = OK, ""
+        if answered:
+            verdict, reason = "extra", "the solution already gave its answer"
+        elif ops:
+            if m_ans:
+                verdict, reason = "premature_answer", f"{len(ops)} operation(s) remain"
+            elif not m_op:
+                verdict, reason = "format", f"expected 'a op b = c', got {s!r}"
+            else:
+                a, op, b, c = int(m_op.group(1)), m_op.group(2), int(m_op.group(3)), int(m_op.group(4))
+                legal = legal_positions(ops, prec)
+                present = [p for p in range(len(ops)) if (values[p], ops[p], values[p + 1]) == (a, op, b)]
+                pos = next((p for p in present if p in legal), None)
+                if pos is None:
+                    verdict = "order" if present else "operand"
+                    reason = (f"'{a} {op} {b}' may not be evaluated yet" if present else
+                              f"'{a} {op} {b}' is not in '{format_expression(values, ops)}'")
+                else:
+                    new_values, new_ops, red = reduce_at(values, ops, pos)
+                    if red is None:
+                        verdict, reason = "order", f"'{a} {op} {b}' is not an exact division"
+                    elif red.result != c:
+                        verdict, reason = "arithmetic", f"{a} {op} {b} = {red.result}, not {c}"
+                    else:
+                        values, ops = new_values, new_ops
+        else:
+            if m_ans:
+                if int(m_ans.group(1)) == values[0]:
+                    answered = True
+                else:
+                    verdict, reason = "answer", f"the answer is {values[0]}, not {m_ans.group(1)}"
+            elif m_op:
+                verdict, reason = "extra", "an operation after the last one"
+            else:
+                verdict, reason = "format", f"expected 'Answer: {values[0]}', got {s!r}"
+        verdicts.append(verdict)
+        reasons.append(reason)
+        if verdict != OK:
+            first_wrong = i
+    if first_wrong is None and not answered:
+        first_wrong = len(steps)
+    final = next((m.group(1) for m in map(_ANSWER_RE.match, reversed(steps)) if m), None)
+    final_ok = final is not None and int(final) == int(problem.answer)
+    return StepCheck(tuple(steps), tuple(verdicts), first_wrong, final_ok, n_ref, tuple(reasons))
+
+
+# ----------------------------------------------------------------------------------------------
+# Character-level tokenizer
+# ----------------------------------------------------------------------------------------------
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
+# "\n" and " " first, then printable ASCII 33..126, then tab: 97 characters (ids 4..100).
+DEFAULT_ALPHABET = "\n " + "".join(chr(c) for c in range(33, 127)) + "\t"
+
+
+def build_tokenizer(alphabet: str = DEFAULT_ALPHABET, *, add_bos: bool = True):
+    """A character-level ``PreTrainedTokenizerFast``: one token per character of ``alphabet``.
+
+    Built with ``tokenizers``: a WordLevel vocabulary (specials ``<pad>=0 <s>=1 </s>=2 <unk>=3``, then
+    the alphabet in order), a ``Split("", "isolated")`` pre-tokenizer (every character is its own
+    piece, whitespace and newlines included) and a ``Fuse`` decoder, so that
+    ``decode(encode(text), skip_special_tokens=True) == text`` for any text over the alphabet
+    (characters outside it become ``<unk>``). With ``add_bos`` the post-processor prepends ``<s>``
+    when special tokens are requested (the default of ``__call__``/``encode``), as Llama's does.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    if len(set(alphabet)) != len(alphabet):
+        raise ValueError("build_tokenizer: the alphabet has repeated characters")
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, clean_up_tokenization_spaces=False,
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def save_tokenizer(folder: str | Path, tokenizer=None) -> Path:
+    """Write ``tokenizer.json`` (+ ``tokenizer_config.json``) into ``folder``; returns the json path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (tokenizer or build_tokenizer()).save_pretrained(str(folder))
+    path = folder / "tokenizer.json"
+    if not path.exists():
+        raise RuntimeError(f"save_tokenizer: {path} was not written")
+    return path
+
+
+def load_tokenizer(folder: str | Path):
+    """Load a tokenizer folder written by :func:`save_tokenizer` (or any tokenizer.json folder)."""
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{folder}/tokenizer.json does not exist")
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
