@@ -385,3 +385,25 @@ def read_pairs(path: str | os.PathLike) -> list[PreferencePair]:
             except TypeError as e:
                 raise ValueError(f"{path}:{lineno}: {e}") from None
     return out
+
+
+def pairs_from_file(trajectories_path: str | os.PathLike, out_path: str | os.PathLike,
+                    cfg: PairsConfig | None = None, seed: int = 0) -> dict[str, Any]:
+    """Read a trajectory JSONL file, build the pairs, write them as JSONL to ``out_path`` and the
+    statistics as JSON next to it (``<out_path>.stats.json``).  Returns the statistics."""
+    trajs = []
+    with open(trajectories_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                trajs.append(Trajectory.from_dict(json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{trajectories_path}:{lineno}: malformed JSON ({e.msg})") from None
+            except (TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"{trajectories_path}:{lineno}: not a trajectory record ({e})") from None
+    pairs, stats = build_pairs_with_stats(trajs, cfg, seed)
+    out = write_pairs(out_path, pairs)
+    stats_path = out.with_name(out.name + ".stats.json")
+    stats_path.write_text(json.dumps(stats, indent=1) + "\n")
+    return stats

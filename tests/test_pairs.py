@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from roro_jax.pairs import (PairsConfig, build_pairs, build_pairs_with_stats, pair_summary, process_quality,
-                            process_terms, read_pairs, write_pairs)
+from roro_jax.pairs import (PairsConfig, build_pairs, build_pairs_with_stats, pair_summary, pairs_from_file,
+                            process_quality, process_terms, read_pairs, write_pairs)
 from roro_jax.types import ESCALATE, KEEP, PreferencePair, Step, Trajectory
 
 CONF5 = [0.9, 0.8, 0.2, 0.7, 0.95]   # step 2 is the least confident
@@ -229,3 +229,14 @@ def test_summary_and_jsonl_roundtrip(tmp_path):
     with pytest.raises(ValueError, match=r"missing field"):
         read_pairs(bad)
     assert isinstance(read_pairs(path)[0], PreferencePair)
+
+
+def test_pairs_from_file(tmp_path):
+    src = tmp_path / "trajs.jsonl"
+    src.write_text("".join(t.to_json() + "\n" for t in world()))
+    stats = pairs_from_file(src, tmp_path / "out" / "pairs.jsonl", PairsConfig(), seed=0)
+    assert as_set(read_pairs(tmp_path / "out" / "pairs.jsonl")) == EXPECTED
+    assert json.loads((tmp_path / "out" / "pairs.jsonl.stats.json").read_text()) == json.loads(json.dumps(stats))
+    src.write_text(world()[0].to_json() + "\n" + '{"query_id": "q"}\n')
+    with pytest.raises(ValueError, match=r"trajs.jsonl:2: not a trajectory"):
+        pairs_from_file(src, tmp_path / "x.jsonl")

@@ -13,7 +13,8 @@ Record fields (JSON)
 ``param``          sweep parameter value (number or string), ``null`` for a single point
 ``param_name``     what ``param`` is (``"threshold"``, ``"rate"``, ``"lambda_c"``, ...), ``""`` if none
 ``role``           ``"srm"`` (the SRM-only endpoint), ``"lrm"`` (the LRM-only endpoint) or ``"method"``;
-                   a report needs exactly one ``srm`` and one ``lrm`` record, which define PGR
+                   a report needs exactly one ``srm`` and one ``lrm`` record, which define PGR and are
+                   placed at share 0 and 1 by definition (whatever their ``large_share``)
 ``accuracy``       mean correctness over the problems, in [0, 1]
 ``large_share``    large-model token share, in [0, 1]: ``sum(large_tokens) / sum(total_tokens)`` over
                    the problems (a ratio of sums, like TRIM's ``target_token_frac``)
