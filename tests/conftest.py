@@ -2,6 +2,10 @@
 
 import os
 
+# Multi-device code is tested on simulated CPU devices; must be set before JAX initialises.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
 import pytest
 
 from roro_jax.paths import shared_data_dir

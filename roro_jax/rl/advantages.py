@@ -1,0 +1,65 @@
+"""Group-relative advantages (GRPO).
+
+Rewards arrive as a flat vector of ``N = groups * group_size`` entries in group-major order (all samples
+of query 0, then of query 1, ...).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+SCALES = ("group", "batch", "none")
+
+
+def _masked_std(x, valid, axis, ddof, keepdims=True):
+    n = jnp.sum(valid, axis=axis, keepdims=keepdims)
+    mean = jnp.sum(jnp.where(valid, x, 0.0), axis=axis, keepdims=keepdims) / jnp.maximum(n, 1)
+    sq = jnp.sum(jnp.where(valid, (x - mean) ** 2, 0.0), axis=axis, keepdims=keepdims)
+    return jnp.sqrt(sq / jnp.maximum(n - ddof, 1)) * (n - ddof > 0)
+
+
+def group_advantages(rewards, group_size: int, *, scale: str = "group", eps: float = 1e-6, ddof: int = 1):
+    """Advantages ``(r - mean_group) / (std + eps)`` for every sample.
+
+    Args:
+      rewards: [N] rewards, N = groups * group_size, group-major.
+      group_size: samples per query (G).
+      scale: ``"group"`` divides by the group's std, ``"batch"`` by the std of all (finite) rewards in the
+        batch, ``"none"`` only centres by the group mean (Dr. GRPO).
+      eps: added to the std.
+      ddof: delta degrees of freedom of the std (1 = unbiased, as in most GRPO code; 0 = population).
+
+    Non-finite rewards (NaN/inf) get advantage 0 and are left out of their group's statistics. A group whose
+    finite rewards are all equal gets advantages exactly 0 (never NaN, never float noise / eps).
+
+    Returns: [N] float32 advantages.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    r = jnp.asarray(rewards, jnp.float32)
+    chex.assert_rank(r, 1)
+    if r.shape[0] % group_size:
+        raise ValueError(f"rewards has {r.shape[0]} entries, not a multiple of group_size={group_size}")
+    g = r.reshape(-1, group_size)
+    valid = jnp.isfinite(g)
+    gz = jnp.where(valid, g, 0.0)
+    n = jnp.sum(valid, axis=1, keepdims=True)
+    mean = jnp.sum(gz, axis=1, keepdims=True) / jnp.maximum(n, 1)
+    hi = jnp.max(jnp.where(valid, g, -jnp.inf), axis=1, keepdims=True)
+    lo = jnp.min(jnp.where(valid, g, jnp.inf), axis=1, keepdims=True)
+    constant = ~(hi > lo)  # also true for groups with < 2 finite rewards
+    centred = jnp.where(valid & ~constant, gz - mean, 0.0)
+    if scale == "group":
+        denom = _masked_std(g, valid, 1, ddof) + eps
+    elif scale == "batch":
+        denom = _masked_std(g, valid, None, ddof) + eps
+    else:
+        denom = jnp.ones_like(centred)
+    zero = constant | ~valid | (denom <= 0)
+    adv = jnp.where(zero, 0.0, centred / jnp.where(zero, 1.0, denom))
+    return adv.reshape(-1)
+
+
+group_advantages_jit = jax.jit(group_advantages, static_argnames=("group_size", "scale", "ddof"))

@@ -1,0 +1,180 @@
+"""Clipped-ratio policy losses (PPO/GRPO family), KL estimators, and two-action closed forms.
+
+Arrays are ``[B, T]``: B sequences (routed trajectories, or LM samples), T positions (routing steps for the
+router, tokens for an LM); ``advantages`` is ``[B]``. Everything is pure and jittable.
+
+Data parallelism: :func:`policy_loss_terms` returns the loss as ``numerator / denominator`` with both parts
+additive over sequences, so a sharded batch gets the exact loss of the whole batch by ``psum``-ing them
+(the denominators do not depend on the parameters). :func:`policy_loss` is ``terms -> loss, metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+_LOG_EPS = 1e-7
+
+
+# ---------------------------------------------------------------------------------------------- KL ---
+def kl_k1(logp, ref_logp):
+    """k1 = log(p/q): unbiased, high variance, can be negative."""
+    return logp - ref_logp
+
+
+def kl_k2(logp, ref_logp):
+    """k2 = 0.5 * (log(q/p))^2: low variance, biased."""
+    return 0.5 * (ref_logp - logp) ** 2
+
+
+def kl_k3(logp, ref_logp):
+    """k3 = q/p - log(q/p) - 1: unbiased, non-negative (Schulman's estimator)."""
+    log_r = ref_logp - logp
+    return jnp.exp(log_r) - log_r - 1.0
+
+
+def _log1mexp(logp):
+    """log(1 - exp(logp)) for logp <= 0, numerically stable."""
+    logp = jnp.minimum(logp, -_LOG_EPS)
+    return jnp.where(logp > -0.693, jnp.log(-jnp.expm1(logp)), jnp.log1p(-jnp.exp(logp)))
+
+
+def bernoulli_kl(logp, ref_logp):
+    """Exact KL(pi || pi_ref) of a two-action policy from the log-prob of the taken action under each.
+
+    With two actions the taken action's probability determines the whole distribution, so the KL is exact
+    and costs no sampling: ``p log(p/q) + (1-p) log((1-p)/(1-q))``.
+    """
+    p = jnp.exp(logp)
+    return p * (logp - ref_logp) + (1.0 - p) * (_log1mexp(logp) - _log1mexp(ref_logp))
+
+
+def bernoulli_entropy(logp):
+    """Entropy of a two-action policy from the log-prob of either action."""
+    p = jnp.exp(logp)
+    return -(p * logp + (1.0 - p) * _log1mexp(logp))
+
+
+KL_ESTIMATORS: dict[str, Callable] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "exact": bernoulli_kl}
+
+
+def register_kl(name: str, fn: Callable) -> None:
+    KL_ESTIMATORS[name] = fn
+
+
+# --------------------------------------------------------------------------------------- aggregation ---
+def aggregate_terms(x, mask, agg: str):
+    """``(numerator, denominator)`` of the aggregate of per-position values ``x`` [B, T].
+
+    - ``token-mean``: sum over all valid positions / number of valid positions.
+    - ``seq-mean-token-mean``: mean over sequences (with ≥ 1 valid position) of each sequence's mean.
+    - ``seq-mean-token-sum-norm``: mean over sequences of (sum over positions / T), T = ``x.shape[-1]``
+      the padded length (a constant, as in Dr. GRPO).
+    Fully masked rows contribute to neither part; an all-masked batch gives 0 / 0, which the caller
+    turns into 0 with ``max(den, 1)``-style guards (:func:`safe_div`).
+    """
+    m = mask.astype(x.dtype)
+    if agg == "token-mean":
+        return jnp.sum(x * m), jnp.sum(m)
+    row_n = jnp.sum(m, -1)
+    row_valid = (row_n > 0).astype(x.dtype)
+    if agg == "seq-mean-token-mean":
+        return jnp.sum(jnp.sum(x * m, -1) / jnp.maximum(row_n, 1.0)), jnp.sum(row_valid)
+    if agg == "seq-mean-token-sum-norm":
+        return jnp.sum(jnp.sum(x * m, -1) / x.shape[-1]), jnp.sum(row_valid)
+    raise ValueError(f"agg must be one of {AGGS}, got {agg!r}")
+
+
+def safe_div(num, den):
+    return num / jnp.maximum(den, 1e-12) * (den > 0)
+
+
+# ------------------------------------------------------------------------------------------- loss ---
+def policy_loss_terms(logp, old_logp, advantages, mask, *, ref_logp=None, clip_eps=0.2, clip_eps_high=None,
+                      beta=0.0, kl="k3", agg="token-mean", entropy=None, entropy_coef=0.0):
+    """Additive pieces of :func:`policy_loss`: a dict of sums (``*_sum``) and their denominators.
+
+    ``loss = loss_sum / loss_den``; metric ``m = m_sum / tokens`` (token means over valid positions).
+    """
+    chex.assert_rank([logp, old_logp, mask], 2)
+    chex.assert_equal_shape([logp, old_logp, mask])
+    chex.assert_rank(advantages, 1)
+    chex.assert_equal(advantages.shape[0], logp.shape[0])
+    if agg not in AGGS:
+        raise ValueError(f"agg must be one of {AGGS}, got {agg!r}")
+    if kl not in KL_ESTIMATORS:
+        raise ValueError(f"kl must be one of {sorted(KL_ESTIMATORS)}, got {kl!r}")
+    eps_hi = clip_eps if clip_eps_high is None else clip_eps_high
+    m = mask.astype(logp.dtype)
+    adv = advantages.astype(logp.dtype)[:, None]
+    log_ratio = jnp.where(m > 0, logp - old_logp, 0.0)
+    ratio = jnp.exp(log_ratio)
+    pg1 = -adv * ratio
+    pg2 = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + eps_hi)
+    pg = jnp.maximum(pg1, pg2)
+    per_pos = pg
+    terms = {}
+    if ref_logp is not None:
+        kl_val = KL_ESTIMATORS[kl](logp, ref_logp)
+        kl_val = jnp.where(m > 0, kl_val, 0.0)
+        per_pos = per_pos + beta * kl_val
+        terms["kl_sum"] = jnp.sum(kl_val * m)
+    if entropy is not None:
+        ent = jnp.where(m > 0, entropy, 0.0)
+        per_pos = per_pos - entropy_coef * ent
+        terms["entropy_sum"] = jnp.sum(ent * m)
+    loss_num, loss_den = aggregate_terms(per_pos, m, agg)
+    pg_num, _ = aggregate_terms(pg, m, agg)
+    terms.update(
+        loss_sum=loss_num,
+        loss_den=loss_den,
+        pg_loss_sum=pg_num,
+        clip_frac_sum=jnp.sum((pg2 > pg1).astype(m.dtype) * m),
+        ratio_sum=jnp.sum(ratio * m),
+        approx_kl_old_sum=jnp.sum(0.5 * log_ratio**2 * m),
+        tokens=jnp.sum(m),
+    )
+    return terms
+
+
+def finalize_terms(terms):
+    """``terms -> (loss, metrics)``; use after (optionally) ``psum``-ing every term across devices."""
+    loss = safe_div(terms["loss_sum"], terms["loss_den"])
+    metrics = {"loss": loss, "pg_loss": safe_div(terms["pg_loss_sum"], terms["loss_den"])}
+    for key in ("clip_frac", "ratio", "approx_kl_old", "kl", "entropy"):
+        if f"{key}_sum" in terms:
+            metrics[key] = safe_div(terms[f"{key}_sum"], terms["tokens"])
+    return loss, metrics
+
+
+def policy_loss(logp, old_logp, advantages, mask, *, ref_logp=None, clip_eps=0.2, clip_eps_high=None,
+                beta=0.0, kl="k3", agg="token-mean", entropy=None, entropy_coef=0.0):
+    """Clipped-ratio policy-gradient loss with optional KL-to-reference and entropy bonus.
+
+    per position: ``max(-A r, -A clip(r, 1-clip_eps, 1+clip_eps_high)) + beta * KL - entropy_coef * H``
+    with ``r = exp(logp - old_logp)``, aggregated by ``agg`` (:func:`aggregate_terms`).
+
+    Args:
+      logp, old_logp: [B, T] log-probs of the taken actions under the current / behaviour policy.
+      advantages: [B] per-sequence advantages, broadcast over positions.
+      mask: [B, T] 1 for valid positions.
+      ref_logp: optional [B, T] reference log-probs for the KL term (``kl`` ∈ k1 | k2 | k3 | exact, where
+        ``exact`` is the closed-form two-action KL, :func:`bernoulli_kl`).
+      clip_eps, clip_eps_high: lower / upper clip range (asymmetric when ``clip_eps_high`` is given).
+      entropy: optional [B, T] per-position policy entropy (reported; bonus ``entropy_coef``).
+    Returns: ``(loss, metrics)``: loss scalar; metrics ``loss, pg_loss, clip_frac, ratio, approx_kl_old``
+      plus ``kl`` / ``entropy`` when given. An all-masked batch gives loss 0.
+    """
+    return finalize_terms(policy_loss_terms(
+        logp, old_logp, advantages, mask, ref_logp=ref_logp, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
+        beta=beta, kl=kl, agg=agg, entropy=entropy, entropy_coef=entropy_coef))
+
+
+def bradley_terry_loss(score_preferred, score_rejected, weight=None):
+    """Per-pair Bradley–Terry loss ``-log sigmoid(s_pref - s_rej)`` (optax style: caller reduces)."""
+    loss = -jax.nn.log_sigmoid(score_preferred - score_rejected)
+    return loss if weight is None else loss * weight

@@ -1,0 +1,110 @@
+"""Reward terms: a registry of pure functions of a trajectory batch, combined by weights.
+
+A *trajectory batch* is a mapping of arrays with a leading axis N (one entry per trajectory, group-major),
+e.g. ``correct`` [N] (1/0, NaN = unknown), ``large_share`` [N] (large-model token share in [0, 1]),
+``process`` [N] (the Judge's normalised score). Nothing here knows about text.
+
+Add a term without touching the trainer::
+
+    from roro_jax.rl.rewards import register_reward
+
+    @register_reward("brevity")
+    def brevity(batch):
+        return -batch["small_tokens"] / 1000.0
+
+then set ``reward.weights.brevity=0.1`` in the config. The combined reward is
+
+    R = sum_i  w_i * term_i(batch)          (sum_then_normalize; advantages normalise R per group)
+    R = sum_i  w_i * znorm_group(term_i)    (normalize_then_sum; each term z-scored within its group first)
+
+With the default weights this is RoRo's ``R = 1[correct] + λ_p R_process − λ_c C``: the ``cost`` term is
+already the *negative* cost, so every weight is a non-negative λ.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import jax.numpy as jnp
+
+from roro_jax.rl.advantages import group_advantages
+
+RewardFn = Callable[[Mapping[str, jnp.ndarray]], jnp.ndarray]
+REWARD_TERMS: dict[str, RewardFn] = {}
+COMBINE_MODES = ("sum_then_normalize", "normalize_then_sum")
+
+
+def register_reward(name: str):
+    """Decorator adding ``fn(batch) -> [N]`` to the registry under ``name`` (replacing any previous one)."""
+
+    def deco(fn: RewardFn) -> RewardFn:
+        REWARD_TERMS[name] = fn
+        return fn
+
+    return deco
+
+
+def _field(batch, key, term):
+    if key not in batch:
+        raise KeyError(f"reward term {term!r} needs batch field {key!r}; batch has {sorted(batch)}")
+    return jnp.asarray(batch[key], jnp.float32)
+
+
+@register_reward("outcome")
+def outcome_reward(batch):
+    """1 if the final answer is correct, 0 if wrong, NaN if unknown."""
+    return _field(batch, "correct", "outcome")
+
+
+@register_reward("cost")
+def cost_reward(batch):
+    """Negative cost: minus the large-model token share of the trajectory (in [-1, 0])."""
+    return -_field(batch, "large_share", "cost")
+
+
+@register_reward("process")
+def process_reward(batch):
+    """The Judge's rubric score of the trajectory, normalised to [0, 1] by the caller."""
+    return _field(batch, "process", "process")
+
+
+@register_reward("escalations")
+def escalation_reward(batch):
+    """Minus the fraction of steps escalated (a step-count cost, an alternative to token share)."""
+    return -_field(batch, "escalation_rate", "escalations")
+
+
+def reward_terms(batch, weights: Mapping[str, float]) -> dict[str, jnp.ndarray]:
+    """Evaluate every term with a non-zero weight; unknown names are an error listing the registry."""
+    unknown = [k for k in weights if k not in REWARD_TERMS]
+    if unknown:
+        raise KeyError(f"unknown reward terms {unknown}; registered: {sorted(REWARD_TERMS)}")
+    return {k: REWARD_TERMS[k](batch) for k, w in weights.items() if w != 0}
+
+
+def combine_rewards(terms: Mapping[str, jnp.ndarray], weights: Mapping[str, float], *,
+                    mode: str = "sum_then_normalize", group_size: int | None = None, eps: float = 1e-6):
+    """Weighted combination of evaluated terms → rewards [N] (see module docstring for the two modes).
+
+    ``normalize_then_sum`` needs ``group_size``; a term constant within a group contributes 0 there.
+    """
+    if mode not in COMBINE_MODES:
+        raise ValueError(f"combine mode must be one of {COMBINE_MODES}, got {mode!r}")
+    if not terms:
+        raise ValueError("no reward terms with non-zero weight")
+    total = None
+    for name, value in terms.items():
+        v = jnp.asarray(value, jnp.float32)
+        if mode == "normalize_then_sum":
+            if group_size is None:
+                raise ValueError("normalize_then_sum needs group_size")
+            v = jnp.where(jnp.isfinite(v), group_advantages(v, group_size, scale="group", eps=eps), jnp.nan)
+        total = weights[name] * v if total is None else total + weights[name] * v
+    return total
+
+
+def compute_rewards(batch, weights: Mapping[str, float], *, mode="sum_then_normalize", group_size=None,
+                    eps=1e-6):
+    """``(rewards [N], terms)``: evaluate the registered terms and combine them. Log ``terms`` separately."""
+    terms = reward_terms(batch, weights)
+    return combine_rewards(terms, weights, mode=mode, group_size=group_size, eps=eps), terms

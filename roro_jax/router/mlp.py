@@ -1,0 +1,63 @@
+"""The router: a small MLP policy over {keep, escalate}."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
+N_ACTIONS = 2  # 0 = keep, 1 = escalate
+
+
+class RouterMLP(nnx.Module):
+    """``features [..., F] -> logits [..., 2]`` (keep, escalate).
+
+    Args:
+      in_features: F.
+      hidden: widths of the hidden layers (default 128, 128).
+      activation: tanh | relu | gelu | silu.
+      layer_norm: LayerNorm after every hidden linear layer.
+      escalate_bias: initial bias of the escalate logit (negative = start mostly keeping).
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (128, 128), activation: str = "tanh",
+                 layer_norm: bool = False, escalate_bias: float = 0.0, *, rngs: nnx.Rngs):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        widths = [in_features, *hidden]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.norms = nnx.List([nnx.LayerNorm(b, rngs=rngs) for b in hidden]) if layer_norm else None
+        self.head = nnx.Linear(widths[-1], N_ACTIONS, kernel_init=nnx.initializers.orthogonal(0.01),
+                               rngs=rngs)
+        self.head.bias[...] = jnp.array([0.0, escalate_bias], jnp.float32)
+
+    def __call__(self, x):
+        act = ACTIVATIONS[self.activation]
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = act(x)
+        return self.head(x)
+
+
+def action_logp_entropy(logits, actions):
+    """log pi(action) and the policy entropy from logits [..., 2] and integer actions [...]."""
+    logp_all = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logp = jnp.take_along_axis(logp_all, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+    return logp, entropy
+
+
+def escalate_prob(logits):
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+
+
+def make_router(cfg, in_features: int, seed: int = 0, escalate_bias: float = 0.0) -> RouterMLP:
+    """Build a :class:`RouterMLP` from a ``RouterConfig``."""
+    return RouterMLP(in_features, tuple(cfg.hidden), cfg.activation, cfg.layer_norm, escalate_bias,
+                     rngs=nnx.Rngs(seed))
