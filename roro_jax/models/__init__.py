@@ -1,1 +1,23 @@
-"""models."""
+"""Flax NNX language models: one decoder for Llama / Qwen2 / Qwen3, HF safetensors I/O, sampler, scoring.
+
+Public entry points::
+
+    model, tokenizer = from_pretrained(folder, dtype=jnp.float32, mesh=None)
+    logits = model(input_ids, attention_mask=None)            # [B, T, V] float32
+    save_pretrained(model, folder, tokenizer=None)            # HF-compatible folder
+    model = init_model(DecoderConfig(...), seed=0)            # random weights, trainable with optax
+    token_logprobs(model, tokens, mask)                       # [B, T] scoring of given sequences
+    Sampler(model, tokenizer).generate(prompts, SamplingParams(...))
+    ScoreModel(backbone, num_outputs, rngs=...)               # scalar heads read at chosen positions
+"""
+
+from roro_jax.models.config import DecoderConfig, UnsupportedModelError
+from roro_jax.models.decoder import Decoder, KVCache, abstract_model, init_model, param_count
+from roro_jax.models.loading import (CheckpointError, from_pretrained, hf_state_dict, load_tokenizer,
+                                     read_config, save_pretrained)
+
+__all__ = [
+    "CheckpointError", "Decoder", "DecoderConfig", "KVCache", "UnsupportedModelError", "abstract_model",
+    "from_pretrained", "hf_state_dict", "init_model", "load_tokenizer", "param_count", "read_config",
+    "save_pretrained",
+]
