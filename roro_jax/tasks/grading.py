@@ -128,12 +128,13 @@ def extract_answer(text) -> str | None:
 
 
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
-_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:,\d{3})+)(?![\d])")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # a whole answer like "1,234,567"
 _DECIMAL = re.compile(r"(?<![\d.])(\d+)\.(\d*?)0+(?!\d)")
 
 
 def normalize_answer(s) -> str:
-    """A canonical string form for comparing answers (lower case, no spacing or cosmetic LaTeX)."""
+    """A canonical string form for comparing answers (no spacing or cosmetic LaTeX; lower case when
+    no LaTeX command is left)."""
     if not isinstance(s, str):
         return ""
     s = _clean_inline(s)
@@ -144,11 +145,12 @@ def normalize_answer(s) -> str:
                  ("\\%", ""), ("%", ""), ("\\$", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""),
                  ("\\:", ""), ("\\ ", ""), ("~", ""), ("\\cdot", "*"), ("\\times", "*")):
         s = s.replace(a, b)
-    s = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
+    if _THOUSANDS.fullmatch(s.strip()):  # only a lone number: "(1,234)" is a pair, not 1234
+        s = s.replace(",", "")
     s = re.sub(r"\s+", "", s)
     s = _DECIMAL.sub(lambda m: m.group(1) + ("." + m.group(2) if m.group(2) else ""), s)
     s = s.rstrip(".")
-    return s.lower()
+    return s if "\\" in s else s.lower()  # case matters in LaTeX (\Delta vs \delta)
 
 
 _RISKY = re.compile(r"!|\^\s*\{[^{}]*\^|\^\s*\(?\s*\d{3,}|\*\*|\\uparrow")

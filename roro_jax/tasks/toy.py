@@ -491,6 +491,44 @@ def check_solution(problem: Problem, solution: str | Sequence[str], *,
     return StepCheck(tuple(steps), tuple(verdicts), first_wrong, final_ok, n_ref, tuple(reasons))
 
 
+def summarize_checks(checks: Sequence[StepCheck]) -> dict:
+    """Aggregate step checks of many solutions: accuracy, where and how solutions first go wrong.
+
+    Returns ``accuracy`` (share of fully right solutions), ``final_answer_accuracy`` (share whose
+    ``Answer:`` is right, what :func:`roro_jax.tasks.grade` measures), ``step_accuracy`` (share of
+    checked steps that are right, counting each solution's steps up to its first wrong one),
+    ``first_wrong_hist`` (first wrong step index -> count) and ``error_kinds`` (verdict of the first
+    wrong step -> count; ``"missing"`` for solutions that stop early).
+    """
+    n = len(checks)
+    if n == 0:
+        raise ValueError("summarize_checks: no checks")
+    hist: dict[int, int] = {}
+    kinds: dict[str, int] = {}
+    right = checked = 0
+    for c in checks:
+        fw = c.first_wrong
+        right += len(c.steps) if fw is None else fw
+        checked += len(c.steps) if fw is None else min(fw + 1, len(c.steps))
+        if fw is not None:
+            hist[fw] = hist.get(fw, 0) + 1
+            k = c.verdicts[fw] if fw < len(c.steps) else "missing"
+            kinds[k] = kinds.get(k, 0) + 1
+    return {
+        "n": n,
+        "accuracy": sum(c.correct for c in checks) / n,
+        "final_answer_accuracy": sum(c.final_answer_correct for c in checks) / n,
+        "step_accuracy": right / checked if checked else 0.0,
+        "first_wrong_hist": dict(sorted(hist.items())),
+        "error_kinds": dict(sorted(kinds.items())),
+    }
+
+
+def heldout(n: int = 500, cfg: ToyConfig = ToyConfig(), *, seed: int = 0) -> list[Problem]:
+    """The standard held-out evaluation set: ``n`` distinct test-split problems (seed 0)."""
+    return generate(n, cfg, seed=seed, split="test", unique=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Character-level tokenizer
 # ----------------------------------------------------------------------------------------------

@@ -169,3 +169,12 @@ def test_grade_many_matches_grade_and_workers():
     assert grade_many(texts, golds, workers=2, chunk_size=50) == want
     with pytest.raises(ValueError, match="gold"):
         grade_many(texts, golds[:-1])
+
+
+def test_thousands_separators_only_in_lone_numbers():
+    assert normalize_answer("12,345") == "12345"
+    assert normalize_answer("(1,234)") == "(1,234)"
+    assert not grade("\\boxed{(1,234)}", "(1234)")
+    assert grade("\\boxed{1,234}", "1234")
+    assert normalize_answer("\\text{(C)}") == "(c)"
+    assert normalize_answer("\\Delta") != normalize_answer("\\delta")

@@ -233,3 +233,27 @@ def test_tokenizer_round_trip_and_save(tmp_path, default_train):
 def test_load_tokenizer_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         toy.load_tokenizer(tmp_path)
+
+
+def test_summarize_checks_and_heldout():
+    probs = toy.heldout(50)
+    assert probs == toy.generate(50, seed=0, split="test")
+    assert all(p.meta["split"] == "test" for p in probs)
+    texts = [p.solution for p in probs]
+    # Break 10 solutions at their first step's result and cut 5 short.
+    for i in range(10):
+        steps = texts[i].split("\n\n")
+        a, op, b, _, c = steps[0].split()
+        steps[0] = f"{a} {op} {b} = {int(c) + 1}"
+        texts[i] = "\n\n".join(steps)
+    for i in range(10, 15):
+        texts[i] = texts[i].split("\n\nAnswer")[0]
+    s = toy.summarize_checks([toy.check_solution(p, t) for p, t in zip(probs, texts)])
+    assert s["n"] == 50 and s["accuracy"] == pytest.approx(35 / 50)
+    assert s["error_kinds"] == {"arithmetic": 10, "missing": 5}
+    assert s["first_wrong_hist"][0] == 10
+    assert 0 < s["step_accuracy"] < 1
+    # The 10 broken solutions keep their (right) Answer line; the 5 cut ones have none.
+    assert s["final_answer_accuracy"] == pytest.approx(45 / 50)
+    with pytest.raises(ValueError):
+        toy.summarize_checks([])
