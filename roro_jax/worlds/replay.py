@@ -333,15 +333,17 @@ class ReplayWorld:
       episodes: a list of :class:`Episode`, or anything :func:`load_episodes` accepts (None: the
         default MATH-500 episodes in the shared data folder; duplicate ids suffixed).
       outcome_rule: a name in :data:`OUTCOME_RULES`.
+      duplicate_ids: how :func:`load_episodes` treats repeated ids when reading files.
       feature_family: a feature family with the ``prm`` family's signature ``fn(prm_scores,
         step_tokens, mask) -> [..., S, F]``.
       **rule_params: parameters of the rule (``prm_threshold`` for ``prm_gate``).
     """
 
     def __init__(self, episodes: Sequence[Episode] | str | Path | None = None, *,
-                 outcome_rule: str = "last_writer", feature_family: str = "prm", **rule_params):
+                 outcome_rule: str = "last_writer", feature_family: str = "prm",
+                 duplicate_ids: str = "suffix", **rule_params):
         if episodes is None or isinstance(episodes, (str, Path)):
-            episodes = load_episodes(episodes)
+            episodes = load_episodes(episodes, duplicate_ids=duplicate_ids)
         self.episodes: list[Episode] = list(episodes)
         if not self.episodes:
             raise ValueError("ReplayWorld: no episodes")
