@@ -15,6 +15,9 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from roro_jax.eval.config import EvalConfig
+from roro_jax.pairs import PairsConfig
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
@@ -97,6 +100,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _check_choices(obj: Any, prefix: str = "") -> None:
@@ -146,6 +151,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise _wrap(e, "resolved") from None
+    except ValueError as e:  # a section's own __post_init__ validation
+        raise ConfigError(str(e)) from None
     _check_choices(obj)
     return obj
 

@@ -1,0 +1,146 @@
+"""The ``roro`` command.
+
+    roro demo   [-c CONFIG] [--quick] [key=value ...]   the whole pipeline on the built-in world
+    roro router [-c CONFIG] [key=value ...]             router GRPO training (resumes from checkpoints)
+    roro pairs  [-c CONFIG] --trajectories F --out F    preference pairs from a trajectory store
+    roro eval   --points F --out DIR                    report + plot from evaluation point records
+    roro config [-c CONFIG] [key=value ...]             print the resolved config
+    roro bench router-step [--json] [...]               router update: JAX vs PyTorch eager
+    roro bench lm [--json] [...]                        LM scoring/sampling: Flax vs PyTorch
+
+The CLI only parses arguments and calls the stages in ``pipelines/``; no stage logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from roro_jax.config import ConfigError, load_config, to_yaml
+
+BENCHMARKS = {"router-step": "benchmarks.router_step", "lm": "benchmarks.lm_forward",
+              "rollout": "benchmarks.rollout"}
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. grpo.lr=1e-3")
+
+
+def _load(args):
+    return load_config(args.config, args.overrides)
+
+
+def cmd_config(args) -> int:
+    print(to_yaml(_load(args)), end="")
+    return 0
+
+
+def cmd_router(args) -> int:
+    from pipelines.router_synthetic import train_router_synthetic
+
+    cfg = _load(args)
+    if cfg.world != "synthetic":
+        raise ConfigError(f"roro router: world={cfg.world!r} is not available yet (synthetic only)")
+    learner, hist = train_router_synthetic(cfg, resume=not args.fresh)
+    if hist:
+        last = hist[-1]
+        print(f"update {last['update']}: reward {last['reward']:.3f} accuracy {last['accuracy']:.3f} "
+              f"large-share {last['large_share']:.3f}  (log: {Path(cfg.out_dir) / 'metrics.jsonl'})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pipelines.demo import run_demo
+
+    cfg = _load(args)
+    run_demo(cfg, quick=args.quick)
+    return 0
+
+
+def cmd_pairs(args) -> int:
+    from roro_jax.pairs import pairs_from_file
+
+    cfg = _load(args)
+    stats = pairs_from_file(args.trajectories, args.out, cfg.pairs, seed=cfg.seed)
+    print(json.dumps(stats, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from roro_jax.eval.report import report_from_file
+
+    cfg = _load(args)
+    for kind, path in report_from_file(args.points, args.out, cfg.eval).items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    mod = BENCHMARKS.get(args.name)
+    if mod is None:
+        print(f"unknown benchmark {args.name!r}; available: {sorted(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        print(f"benchmark {args.name!r} is not available: {e}", file=sys.stderr)
+        return 2
+    module.main(args.bench_args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="roro", description="RoRo stepwise-routing training and evaluation")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("demo", help="run the whole pipeline on the built-in world")
+    _config_args(s)
+    s.add_argument("--quick", action="store_true", help="a few-minute variant (CI)")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("router", help="train the router with GRPO")
+    _config_args(s)
+    s.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in out_dir")
+    s.set_defaults(fn=cmd_router)
+
+    s = sub.add_parser("pairs", help="build preference pairs from a trajectory store")
+    _config_args(s)
+    s.add_argument("--trajectories", required=True, help="trajectory JSONL")
+    s.add_argument("--out", required=True, help="pairs JSONL to write")
+    s.set_defaults(fn=cmd_pairs)
+
+    s = sub.add_parser("eval", help="report + plot from evaluation point records")
+    _config_args(s)
+    s.add_argument("--points", required=True, help="points JSONL (roro_jax.eval.records)")
+    s.add_argument("--out", required=True, help="report folder")
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("config", help="print the resolved config")
+    _config_args(s)
+    s.set_defaults(fn=cmd_config)
+
+    s = sub.add_parser("bench", help="throughput benchmarks (ours vs baseline, same run)")
+    s.add_argument("name", help=f"one of {sorted(BENCHMARKS)}")
+    s.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to the benchmark")
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"roro: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
