@@ -86,3 +86,63 @@ class RouterLearner:
         state, meta = ckpt.restore(self.state, step)
         self.state = jax.tree.map(jnp.asarray, state)
         return meta
+
+
+# ----------------------------------------------------------------------------------- training loop ---
+def score_trajectories(reward_batch, cfg):
+    """Rewards from the registry, then group advantages: ``(rewards [N], terms, advantages [N])``."""
+    from roro_jax.rl.advantages import group_advantages
+    from roro_jax.rl.rewards import compute_rewards
+
+    g = cfg.grpo
+    rewards, terms = compute_rewards(reward_batch, dict(cfg.reward.weights), mode=cfg.reward.combine,
+                                     group_size=g.group_size)
+    adv = group_advantages(rewards, g.group_size, scale=g.adv_scale, eps=g.adv_eps)
+    return rewards, terms, adv
+
+
+def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, stop_after: int | None = None,
+                 progress: bool = True, desc: str = "router GRPO"):
+    """The online GRPO loop shared by every world.
+
+    ``collect(params, key, k) -> (batch, info)`` samples routed trajectories with the current params for
+    update ``k`` and returns the padded batch (with ``advantages``) and a dict of scalar diagnostics.
+    Update ``k`` draws its randomness from ``fold_in(PRNGKey(seed), k)``, so a run resumed from a
+    checkpoint at update ``k`` continues exactly as the uninterrupted run would. Metrics go to
+    ``<out_dir>/metrics.jsonl`` (one line per update; lines after the restored checkpoint are dropped
+    on resume, so the log has no duplicates and no gaps). Returns the history of this call.
+    """
+    import json
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(cfg.checkpoint.dir or out / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.keep)
+    start = 0
+    if resume and ckpt.latest_step() is not None:
+        learner.restore(ckpt)
+        start = learner.step
+    log_path = out / "metrics.jsonl"
+    kept = []
+    if start and log_path.exists():
+        kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["update"] <= start]
+    log_path.write_text("".join(ln + "\n" for ln in kept))
+    key = jax.random.PRNGKey(cfg.seed)
+    end = cfg.train.updates if stop_after is None else min(cfg.train.updates, start + stop_after)
+    history = []
+    bar = tqdm(range(start, end), desc=desc, disable=not progress, initial=start, total=cfg.train.updates)
+    with log_path.open("a") as log:
+        for k in bar:
+            kc, ku = jax.random.split(jax.random.fold_in(key, k))
+            batch, info = collect(learner.params, kc, k)
+            metrics = learner.update(batch, ku)
+            row = {"update": k + 1, **{n: float(v) for n, v in {**info, **metrics}.items()}}
+            history.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix({n: f"{row[n]:.3f}" for n in ("reward", "accuracy", "large_share") if n in row})
+            learner.save(ckpt, {"update": k + 1}, force=(k + 1 == end))
+    ckpt.close()
+    return history
