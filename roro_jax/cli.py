@@ -3,7 +3,8 @@
     roro demo   [-c CONFIG] [--quick] [key=value ...]   the whole pipeline on the built-in world
     roro router [-c CONFIG] [key=value ...]             router GRPO training (resumes from checkpoints)
     roro pairs  [-c CONFIG] --trajectories F --out F    preference pairs from a trajectory store
-    roro eval   --points F --out DIR                    report + plot from evaluation point records
+    roro eval   [-c CONFIG] [key=value ...]             train + evaluate every method, report + plot
+    roro eval   --points F --out DIR                    re-render a report from point records
     roro config [-c CONFIG] [key=value ...]             print the resolved config
     roro bench router-step [--json] [...]               router update: JAX vs PyTorch eager
     roro bench lm [--json] [...]                        LM scoring/sampling: Flax vs PyTorch
@@ -39,13 +40,22 @@ def cmd_config(args) -> int:
     return 0
 
 
-def cmd_router(args) -> int:
-    from pipelines.router_synthetic import train_router_synthetic
+ROUTER_TRAINERS = {"synthetic": "pipelines.router_synthetic:train_router_synthetic",
+                   "replay": "pipelines.replay:train_router_replay"}
+EVAL_PIPELINES = {"replay": "pipelines.replay:run_replay"}
 
+
+def _resolve(table: dict, world: str, what: str):
+    if world not in table:
+        raise ConfigError(f"{what}: world={world!r} is not available (available: {sorted(table)})")
+    mod, fn = table[world].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def cmd_router(args) -> int:
     cfg = _load(args)
-    if cfg.world != "synthetic":
-        raise ConfigError(f"roro router: world={cfg.world!r} is not available yet (synthetic only)")
-    learner, hist = train_router_synthetic(cfg, resume=not args.fresh)
+    train = _resolve(ROUTER_TRAINERS, cfg.world, "roro router")
+    learner, hist = train(cfg, resume=not args.fresh)
     if hist:
         last = hist[-1]
         print(f"update {last['update']}: reward {last['reward']:.3f} accuracy {last['accuracy']:.3f} "
@@ -71,11 +81,18 @@ def cmd_pairs(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from roro_jax.eval.report import report_from_file
-
     cfg = _load(args)
-    for kind, path in report_from_file(args.points, args.out, cfg.eval).items():
-        print(f"{kind}: {path}")
+    if args.points:
+        from roro_jax.eval.report import report_from_file
+
+        if not args.out:
+            raise ConfigError("roro eval --points needs --out")
+        for kind, path in report_from_file(args.points, args.out, cfg.eval).items():
+            print(f"{kind}: {path}")
+        return 0
+    results = _resolve(EVAL_PIPELINES, cfg.world, "roro eval")(cfg)
+    for name, paths in results.items():
+        print(f"{name}: {paths['report']}")
     return 0
 
 
@@ -116,10 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="pairs JSONL to write")
     s.set_defaults(fn=cmd_pairs)
 
-    s = sub.add_parser("eval", help="report + plot from evaluation point records")
+    s = sub.add_parser("eval", help="train/evaluate the world's methods and write the report "
+                                     "(or, with --points, re-render a report from point records)")
     _config_args(s)
-    s.add_argument("--points", required=True, help="points JSONL (roro_jax.eval.records)")
-    s.add_argument("--out", required=True, help="report folder")
+    s.add_argument("--points", help="points JSONL (roro_jax.eval.records) to re-render")
+    s.add_argument("--out", help="report folder for --points")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("config", help="print the resolved config")

@@ -89,6 +89,29 @@ class SyntheticConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """The replay world (recorded episodes; outcomes of mixed routes are estimates)."""
+
+    # None = <shared data>/episodes/math500_qwen3-1.7b_qwen3-14b.jsonl (read in place, never copied)
+    episodes: Optional[str] = None
+    # extra held-out sets evaluated after training (names or paths), e.g. the AIME 2025 episodes
+    extra_test: list[str] = field(default_factory=lambda: ["aime2025_qwen3-1.7b_qwen3-14b.jsonl"])
+    outcome_rule: str = "last_writer"
+    train_frac: float = 0.6
+    queries_per_update: int = 32
+
+
+@dataclass
+class SweepConfig:
+    """Operating-point sweeps for evaluation."""
+
+    lambda_c: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.8])
+    random_rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
+    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
 class Config:
     world: str = _choice("synthetic", "synthetic", "toy", "replay", "live")
     seed: int = 0
@@ -100,6 +123,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -1,0 +1,136 @@
+"""The replay world end to end: router GRPO on recorded episodes, baselines, evaluation, report.
+
+Train on a seeded ``replay.train_frac`` share of the MATH-500 episodes, test on the rest and on the extra
+held-out sets (AIME 2025 by default). The router reads the ``prm`` feature family (TRIM-Agg). Every
+accuracy here is an ESTIMATE (mixed routes were never run; see ``roro_jax.worlds.replay``), and the
+report says so.
+
+Routers are trained over the ``sweep.lambda_c`` sweep with ``reward = 1[correct] - λ_c * large_share``
+(outcome-only GRPO, TRIM-style). The process reward (λ_p) needs the Judge of the rubric stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from roro_jax.eval.records import CurvePoint
+from roro_jax.eval.report import write_report
+from roro_jax.rl.trainer import RouterLearner, run_training, score_trajectories
+from roro_jax.worlds.replay import ReplayWorld
+
+# parameter counts for FLOPs (Qwen3-1.7B / Qwen3-14B, non-embedding counts are close to these)
+SMALL_PARAMS, LARGE_PARAMS = 1.7e9, 14.8e9
+
+
+def split_indices(n: int, train_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(train_frac * n))
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+def make_world(cfg, episodes=None) -> ReplayWorld:
+    return ReplayWorld(episodes if episodes is not None else cfg.replay.episodes, outcome_rule=cfg.replay.outcome_rule)
+
+
+def sample_actions(learner: RouterLearner, params, world: ReplayWorld, idx: np.ndarray, rng: np.random.Generator,
+                   greedy: bool = False):
+    """Roll the router over episodes ``idx`` [N]; returns ``(actions, features, route, logp [N, T])``."""
+    logp = np.zeros((len(idx), world.max_steps), np.float32)
+
+    def policy(f_t, t):
+        p = np.asarray(learner.escalate_prob(np.asarray(f_t, np.float32), params), np.float64)
+        a = (p > 0.5) if greedy else (rng.random(p.shape) < p)
+        p = np.clip(p, 1e-7, 1 - 1e-7)
+        logp[:, t] = np.where(a, np.log(p), np.log1p(-p))
+        return a.astype(np.int8)
+
+    actions, feats, route = world.rollout(policy, idx)
+    return actions, feats, route, logp
+
+
+def make_collect(learner: RouterLearner, world: ReplayWorld, train_idx: np.ndarray, cfg):
+    G, Q = cfg.grpo.group_size, min(cfg.replay.queries_per_update, len(train_idx))
+    if dict(cfg.reward.weights).get("process", 0.0):
+        raise ValueError("the replay pipeline has no Judge yet: set reward.weights.process=0")
+
+    def collect(params, key, k):
+        rng = np.random.default_rng((cfg.seed, k))
+        q = rng.choice(train_idx, size=Q, replace=False)
+        idx = np.repeat(q, G)  # group-major
+        actions, feats, route, logp = sample_actions(learner, params, world, idx, rng)
+        mask = route.decision_mask.astype(np.float32)
+        correct = route.correct.astype(np.float32)
+        rewards, terms, adv = score_trajectories({"correct": correct, "large_share": route.large_share}, cfg)
+        batch = {"features": feats, "actions": actions.astype(np.int32), "old_logp": logp * mask, "mask": mask,
+                 "advantages": np.asarray(adv)}
+        info = {"reward": float(np.mean(rewards)), "accuracy": float(correct.mean()),
+                "large_share": float(route.large_share.mean()),
+                "escalation_rate": float((route.escalated & route.decision_mask).sum() / max(mask.sum(), 1)),
+                **{f"reward/{n}": float(np.mean(v)) for n, v in terms.items()}}
+        return batch, info
+
+    return collect
+
+
+def train_router_replay(cfg, world: ReplayWorld | None = None, *, resume=True, stop_after=None, progress=True):
+    world = world or make_world(cfg)
+    train_idx, _ = split_indices(len(world), cfg.replay.train_frac, cfg.seed)
+    learner = RouterLearner(cfg, world.feature_family.dim)
+    hist = run_training(learner, make_collect(learner, world, train_idx, cfg), cfg, resume=resume,
+                        stop_after=stop_after, progress=progress, desc="router GRPO (replay)")
+    return learner, hist
+
+
+def _point(world: ReplayWorld, idx, actions, method, *, role="method", param=None, param_name="") -> CurvePoint:
+    r = world.route(actions, idx)
+    flops = 2.0 * (SMALL_PARAMS * r.small_tokens + LARGE_PARAMS * r.large_tokens)
+    return CurvePoint.from_arrays(
+        method, r.correct.astype(float), r.large_tokens, r.kept_tokens, problem_ids=[world.ids[i] for i in idx],
+        role=role, param=param, param_name=param_name, flops=float(flops.mean()), is_estimate=True,
+        estimate_note=f"mixed-route outcomes estimated by the '{world.outcome_rule}' rule")
+
+
+def baseline_points(world: ReplayWorld, idx: np.ndarray, cfg) -> list[CurvePoint]:
+    T = world.max_steps
+    n = len(idx)
+    pts = [_point(world, idx, np.zeros((n, T), np.int8), "SRM-only", role="srm"),
+           _point(world, idx, np.ones((n, T), np.int8), "LRM-only", role="lrm")]
+    rng = np.random.default_rng(cfg.seed)
+    for p in cfg.sweep.random_rates:
+        pts.append(_point(world, idx, (rng.random((n, T)) < p).astype(np.int8), "random", param=p,
+                          param_name="rate"))
+    thr = world.threshold_actions(cfg.sweep.thresholds)[:, idx]
+    for th, a in zip(cfg.sweep.thresholds, thr):
+        pts.append(_point(world, idx, a, "TRIM-Thr", param=th, param_name="prm_threshold"))
+    return pts
+
+
+def run_replay(cfg, *, progress: bool = True) -> dict:
+    """Train the λ_c sweep of routers and evaluate every method on the held-out sets; write reports."""
+    out = Path(cfg.out_dir)
+    world = make_world(cfg)
+    _, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.seed)
+    learners = {}
+    for lam in cfg.sweep.lambda_c:
+        run_cfg = dataclasses.replace(
+            cfg, out_dir=str(out / f"router_lc{lam}"),
+            reward=dataclasses.replace(cfg.reward, weights={**cfg.reward.weights, "cost": lam, "process": 0.0}))
+        learners[lam], _ = train_router_replay(run_cfg, world, progress=progress)
+    test_sets = {"math500_heldout": (world, test_idx)}
+    for name in cfg.replay.extra_test:
+        w = make_world(cfg, name)
+        test_sets[Path(name).stem] = (w, np.arange(len(w)))
+    results = {}
+    for name, (w, idx) in test_sets.items():
+        pts = baseline_points(w, idx, cfg)
+        rng = np.random.default_rng(cfg.seed)
+        for lam, learner in learners.items():
+            actions, _, _, _ = sample_actions(learner, learner.params, w, idx, rng, greedy=True)
+            pts.append(_point(w, idx, actions, "GRPO outcome-only", param=lam, param_name="lambda_c"))
+        ecfg = dataclasses.replace(cfg.eval, title=f"Replay world ({name}): accuracy vs large-model token share")
+        results[name] = write_report(pts, out / "report" / name, ecfg)
+    return results
