@@ -108,7 +108,7 @@ def _body(graphdef, tx, loss_kw: dict, epochs: int, minibatches: int, axis_name:
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             _, metrics = finalize_terms(terms)
-            metrics["grad_norm"] = optax.global_norm(grads)
+            metrics["grad_norm"] = optax.tree.norm(grads)
             return (params, opt_state), metrics
 
         def epoch(carry, key):
