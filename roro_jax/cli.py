@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("router", help="train the router with GRPO")
     _config_args(s)
-    s.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in out_dir")
+    s.add_argument("--fresh", action="store_true", help="start over (deletes the checkpoints in out_dir)")
     s.set_defaults(fn=cmd_router)
 
     s = sub.add_parser("pairs", help="build preference pairs from a trajectory store")

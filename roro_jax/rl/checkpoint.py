@@ -41,6 +41,11 @@ class Checkpointer:
                                                                   meta=ocp.args.JsonRestore()))
         return out["state"], dict(out["meta"] or {})
 
+    def clear(self) -> None:
+        """Delete every checkpoint (a fresh run in a directory that holds an older run's checkpoints)."""
+        for step in self.all_steps():
+            self.manager.delete(step)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -107,6 +107,7 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
 
     ``collect(params, key, k) -> (batch, info)`` samples routed trajectories with the current params for
     update ``k`` and returns the padded batch (with ``advantages``) and a dict of scalar diagnostics.
+    ``resume=False`` starts over and deletes the checkpoints of an earlier run in the same directory.
     Update ``k`` draws its randomness from ``fold_in(PRNGKey(seed), k)``, so a run resumed from a
     checkpoint at update ``k`` continues exactly as the uninterrupted run would. Metrics go to
     ``<out_dir>/metrics.jsonl`` (one line per update; lines after the restored checkpoint are dropped
@@ -124,6 +125,8 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     if resume and ckpt.latest_step() is not None:
         learner.restore(ckpt)
         start = learner.step
+    elif not resume:
+        ckpt.clear()  # a fresh run replaces the old run's checkpoints
     log_path = out / "metrics.jsonl"
     kept = []
     if start and log_path.exists():
