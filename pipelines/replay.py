@@ -78,7 +78,7 @@ def make_collect(learner: RouterLearner, world: ReplayWorld, train_idx: np.ndarr
 
 def train_router_replay(cfg, world: ReplayWorld | None = None, *, resume=True, stop_after=None, progress=True):
     world = world or make_world(cfg)
-    train_idx, _ = split_indices(len(world), cfg.replay.train_frac, cfg.seed)
+    train_idx, _ = split_indices(len(world), cfg.replay.train_frac, cfg.replay.split_seed)
     learner = RouterLearner(cfg, world.feature_family.dim)
     hist = run_training(learner, make_collect(learner, world, train_idx, cfg), cfg, resume=resume,
                         stop_after=stop_after, progress=progress, desc="router GRPO (replay)")
@@ -113,7 +113,7 @@ def run_replay(cfg, *, progress: bool = True) -> dict:
     """Train the λ_c sweep of routers and evaluate every method on the held-out sets; write reports."""
     out = Path(cfg.out_dir)
     world = make_world(cfg)
-    _, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.seed)
+    _, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.replay.split_seed)
     learners = {}
     for lam in cfg.sweep.lambda_c:
         run_cfg = dataclasses.replace(

@@ -98,6 +98,7 @@ class ReplayConfig:
     extra_test: list[str] = field(default_factory=lambda: ["aime2025_qwen3-1.7b_qwen3-14b.jsonl"])
     outcome_rule: str = "last_writer"
     train_frac: float = 0.6
+    split_seed: int = 0  # the train/test split of the episodes (fixed across training seeds)
     queries_per_update: int = 32
 
 

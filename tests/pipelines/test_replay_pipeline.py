@@ -46,7 +46,7 @@ def cfg_for(episodes, out, extra=()):
 def test_collect_builds_a_valid_grpo_batch(episodes, tmp_path):
     cfg = cfg_for(episodes, tmp_path)
     world = ReplayWorld(episodes)
-    train_idx, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.seed)
+    train_idx, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.replay.split_seed)
     assert not set(train_idx) & set(test_idx) and len(train_idx) + len(test_idx) == len(world)
     learner = RouterLearner(cfg, world.feature_family.dim)
     batch, info = make_collect(learner, world, train_idx, cfg)(learner.params, None, 0)
