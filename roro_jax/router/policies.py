@@ -26,6 +26,8 @@ class StepObservation:
     step_index: [N] index of the step being decided.
     conf_history: per trajectory, the confidences of its earlier proposals (oldest first).
     query_ids, sample_idx: which trajectory each row is (for seeded per-trajectory behaviour).
+    row_seeds: per-row seeds; a policy that draws its randomness from them (``batch_invariant = True``)
+      decides each row the same whichever rows share its batch.
     """
 
     features: np.ndarray
@@ -34,6 +36,7 @@ class StepObservation:
     conf_history: list[np.ndarray] = field(default_factory=list)
     query_ids: Sequence[str] = ()
     sample_idx: np.ndarray | None = None
+    row_seeds: np.ndarray | None = None  # [N] per-row seeds from the rollout (batch-invariant randomness)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -48,24 +51,45 @@ class Policy(Protocol):
         ...
 
 
+def _bucket(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
 class RouterPolicy:
     """The learned :class:`~roro_jax.router.mlp.RouterMLP` as a policy (sampled, or greedy at ``threshold``).
 
     Args:
-      learner: a :class:`~roro_jax.rl.trainer.RouterLearner` (its current params are used at each call),
-        or any object with ``escalate_prob(features) -> [N]``.
+      learner: a :class:`~roro_jax.rl.trainer.RouterLearner`, or any object with
+        ``escalate_prob(features, params) -> [N]``.
+      params: the parameters to act with (default: the learner's current ones, read at each call).
       greedy: escalate iff p(escalate) > ``threshold`` (evaluation); otherwise sample (training).
+
+    Rows are padded to a power-of-two count before the jitted forward (no recompilation per batch size),
+    and sampling draws one uniform per row from ``obs.row_seeds`` when given (batch-invariant).
     """
 
-    def __init__(self, learner, *, greedy: bool = False, threshold: float = 0.5, policy_id: str = "router"):
-        self.learner, self.greedy, self.threshold, self.policy_id = learner, greedy, threshold, policy_id
+    batch_invariant = True
+
+    def __init__(self, learner, params=None, *, greedy: bool = False, threshold: float = 0.5,
+                 policy_id: str = "router"):
+        self.learner, self.params, self.greedy, self.threshold = learner, params, greedy, threshold
+        self.policy_id = policy_id
+
+    def escalate_prob(self, features) -> np.ndarray:
+        x = np.asarray(features, np.float32)
+        n = x.shape[0]
+        pad = np.zeros((_bucket(n),) + x.shape[1:], np.float32)
+        pad[:n] = x
+        return np.asarray(self.learner.escalate_prob(pad, self.params), np.float64)[:n]
 
     def act(self, obs: StepObservation, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        p = np.asarray(self.learner.escalate_prob(np.asarray(obs.features, np.float32)), np.float64)
+        from roro_jax.router.baselines import row_uniforms
+
+        p = self.escalate_prob(obs.features)
         if self.greedy:
             a = (p > self.threshold).astype(np.int32)
         else:
-            a = (rng.random(p.shape) < p).astype(np.int32)
+            a = (row_uniforms(obs, rng, salt=7) < p).astype(np.int32)
         p = np.clip(p, 1e-12, 1 - 1e-12)
         logp = np.where(a == ESCALATE, np.log(p), np.log1p(-p)).astype(np.float32)
         return a, logp
