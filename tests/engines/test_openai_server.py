@@ -1,0 +1,380 @@
+"""OpenAIServerEngine: request shape, parsing, finish reasons, retries/backoff, errors, load spreading.
+
+A small HTTP server on 127.0.0.1 in the test process plays the server side with scripted answers
+(well-formed vLLM-shaped completions, failures, stalls, malformed bodies), so what is tested here is the
+engine's own request/parse/retry code. Real generation is tested against a real vLLM in
+tests/integration/test_vllm_*.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from roro_jax.engines import ENGINES, SamplingParams, StepRequest, engine_class, make_engine
+from roro_jax.engines.openai_server import (EndpointUnavailableError, EngineRequestError,
+                                            MalformedResponseError, OpenAIServerEngine, map_finish_reason,
+                                            topk_arrays)
+
+
+def completion(token_ids, *, text=None, finish="stop", stop_reason="\n\n", k=3, as_ids=True, drop=()):
+    """A vLLM-shaped /v1/completions body for generated ``token_ids`` (chosen logprob -0.1*(i+1))."""
+    L = len(token_ids)
+    key = (lambda t: f"token_id:{t}") if as_ids else (lambda t: chr(ord("a") + t % 26))
+    tops = []
+    for i, t in enumerate(token_ids):
+        row = {key(t): -0.1 * (i + 1)}
+        for j in range(k):  # k alternatives, worse than the chosen one, plus the chosen -> k+1 entries
+            row[key(200 + j)] = -1.0 - j
+        tops.append(row)
+    choice = {"index": 0, "text": text if text is not None else "x" * L, "finish_reason": finish,
+              "stop_reason": stop_reason, "token_ids": list(token_ids), "prompt_token_ids": None,
+              "logprobs": {"tokens": [key(t) for t in token_ids],
+                           "token_logprobs": [-0.1 * (i + 1) for i in range(L)],
+                           "top_logprobs": tops, "text_offset": list(range(L))}}
+    for field in drop:
+        if field in choice:
+            del choice[field]
+        elif field in choice["logprobs"]:
+            del choice["logprobs"][field]
+    return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "m", "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": L, "total_tokens": L + 1}}
+
+
+class FakeServer:
+    """Scripted OpenAI-compatible server: ``script(n, body) -> (status, json_or_bytes, delay_s)``."""
+
+    def __init__(self, script):
+        self.script = script
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    n = len(outer.bodies)
+                    outer.bodies.append(body)
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    status, payload, delay = outer.script(n, body)
+                    if delay:
+                        time.sleep(delay)
+                    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def ok(tokens=(5, 6, 4, 4), **kw):
+    return lambda n, body: (200, completion(tokens, **kw), 0)
+
+
+def closed_port_url() -> str:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def engine(urls, **kw):
+    kw = {"max_retries": 2, "backoff": 0.01, "max_backoff": 0.05, "timeout": 5.0, "seed": 0, **kw}
+    return OpenAIServerEngine("m", urls, **kw)
+
+
+def run(eng, reqs, params=SamplingParams(max_tokens=8, logprobs=3)):
+    async def go():
+        try:
+            return await eng.generate(reqs, params)
+        finally:
+            await eng.aclose()
+
+    return asyncio.run(go())
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def test_map_finish_reason():
+    assert map_finish_reason("stop", "\n\n") == "stop"
+    assert map_finish_reason("stop", None) == "eos"
+    assert map_finish_reason("stop", 2) == "eos"  # a stop token id
+    assert map_finish_reason("length", None) == "length"
+    with pytest.raises(ValueError, match="abort"):
+        map_finish_reason("abort", None)
+
+
+def test_topk_arrays_sorts_truncates_and_pads():
+    lps, ids = topk_arrays([{7: -0.5, 3: -0.1, 9: -2.0}, {1: -0.3}], 2)
+    np.testing.assert_array_equal(ids, [[3, 7], [1, -1]])
+    np.testing.assert_allclose(lps, [[-0.1, -0.5], [-0.3, -np.inf]])
+    assert lps.dtype == np.float32 and ids.dtype == np.int32
+
+
+# ----------------------------------------------------------------------------- happy path
+def test_request_fields_and_parsed_result():
+    with FakeServer(ok((5, 6, 4, 4), text="ab\n\n")) as srv:
+        eng = engine(srv.url)
+        [r] = run(eng, [StepRequest([1, 2, 3], seed=7, request_id="q0")],
+                  SamplingParams(max_tokens=8, temperature=0.7, top_p=0.9, top_k=5, logprobs=3))
+    body = srv.bodies[0]
+    assert body["prompt"] == [1, 2, 3] and body["seed"] == 7 and body["max_tokens"] == 8
+    assert body["logprobs"] == 3 and body["stop"] == ["\n\n"] and body["top_k"] == 5
+    assert body["temperature"] == 0.7 and body["top_p"] == 0.9 and body["model"] == "m"
+    assert body["include_stop_str_in_output"] is True and body["return_token_ids"] is True
+    assert body["return_tokens_as_token_ids"] is True
+    assert r.token_ids == [5, 6, 4, 4] and r.text == "ab\n\n" and r.finish_reason == "stop"
+    assert r.logprobs.shape == (4,) and r.top_logprobs.shape == (4, 3)
+    np.testing.assert_allclose(r.logprobs, [-0.1, -0.2, -0.3, -0.4], rtol=1e-6)
+    # the chosen token (-0.1*(i+1)) ranks first, then the alternatives; the 4th entry is dropped
+    np.testing.assert_allclose(r.top_logprobs[1], [-0.2, -1.0, -2.0], rtol=1e-6)
+    np.testing.assert_array_equal(r.meta["top_ids"][1], [6, 200, 201])
+    assert r.meta["endpoint"] == srv.url and r.meta["attempts"] == 1 and r.meta["request_id"] == "q0"
+
+
+@pytest.mark.parametrize("finish,stop_reason,expected", [("stop", "\n\n", "stop"), ("stop", None, "eos"),
+                                                          ("length", None, "length")])
+def test_finish_reasons(finish, stop_reason, expected):
+    with FakeServer(ok(finish=finish, stop_reason=stop_reason)) as srv:
+        [r] = run(engine(srv.url), [StepRequest([1])])
+    assert r.finish_reason == expected
+
+
+def test_logprobs_zero_gives_chosen_only():
+    with FakeServer(ok(k=0)) as srv:
+        [r] = run(engine(srv.url), [StepRequest([1])], SamplingParams(max_tokens=8, logprobs=0))
+    assert r.logprobs.shape == (4,) and r.top_logprobs.shape == (4, 0)
+
+
+def test_results_keep_request_order():
+    def script(n, body):
+        p = body["prompt"][0]
+        return 200, completion([p, p + 1]), 0.05 * (p % 3)  # answers come back out of order
+
+    with FakeServer(script) as srv:
+        rs = run(engine(srv.url), [StepRequest([i]) for i in range(9)])
+    assert [r.token_ids[0] for r in rs] == list(range(9))
+
+
+def test_token_strings_mapped_through_tokenizer(tmp_path):
+    from roro_jax.tasks.toy import build_tokenizer, save_tokenizer
+
+    save_tokenizer(tmp_path)
+    tok = build_tokenizer()
+    a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
+
+    def script(n, body):
+        body = completion([a, b], k=0)
+        ch = body["choices"][0]
+        ch["logprobs"]["tokens"] = ["a", "b"]
+        ch["logprobs"]["top_logprobs"] = [{"a": -0.1, "z": -2.0}, {"b": -0.2, "y": -3.0}]
+        return 200, body, 0
+
+    with FakeServer(script) as srv:
+        eng = engine(srv.url, tokenizer_path=tmp_path)
+        [r] = run(eng, [StepRequest([1])], SamplingParams(max_tokens=8, logprobs=2))
+    np.testing.assert_array_equal(r.meta["top_ids"], [[a, tok.convert_tokens_to_ids("z")],
+                                                      [b, tok.convert_tokens_to_ids("y")]])
+    assert eng.decode(eng.encode("ab\n\n")) == "ab\n\n" and eng.encode("ab") == [a, b]
+
+
+# ----------------------------------------------------------------------------- retries and errors
+def test_retries_5xx_then_succeeds():
+    def script(n, body):
+        return (503, {"error": {"message": "overloaded"}}, 0) if n < 2 else (200, completion([5, 4, 4]), 0)
+
+    with FakeServer(script) as srv:
+        [r] = run(engine(srv.url, max_retries=2), [StepRequest([1])])
+    assert len(srv.bodies) == 3 and r.meta["attempts"] == 3 and r.token_ids == [5, 4, 4]
+
+
+def test_gives_up_after_retries_with_clear_error():
+    with FakeServer(lambda n, b: (500, {"error": {"message": "boom"}}, 0)) as srv:
+        eng = engine(srv.url, max_retries=2)
+        with pytest.raises(EndpointUnavailableError, match=r"failed after 3 attempts on http://127\.0\.0\.1"):
+            run(eng, [StepRequest([1], request_id="q7")])
+    assert len(srv.bodies) == 3
+    assert eng.stats()[srv.url]["failures"] == 3
+
+
+def test_unreachable_endpoint_named():
+    url = closed_port_url()
+    t0 = time.time()
+    with pytest.raises(EndpointUnavailableError, match=url.replace(".", r"\.")) as ei:
+        run(engine(url, max_retries=3), [StepRequest([1], request_id="q1")])
+    assert "q1" in str(ei.value) and "APIConnectionError" in str(ei.value)
+    assert time.time() - t0 < 5  # backoff capped at max_backoff
+
+
+def test_backoff_grows_exponentially():
+    times = []
+
+    def script(n, body):
+        times.append(time.perf_counter())
+        return 502, {"error": {"message": "bad gateway"}}, 0
+
+    with FakeServer(script) as srv:
+        with pytest.raises(EndpointUnavailableError):
+            run(engine(srv.url, max_retries=3, backoff=0.2, max_backoff=10), [StepRequest([1])])
+    gaps = np.diff(times)
+    # delays are backoff*2**attempt jittered by [0.5, 1]: [0.1,0.2], [0.2,0.4], [0.4,0.8] (+ overhead)
+    assert 0.09 < gaps[0] < 0.35 and 0.19 < gaps[1] < 0.55 and 0.39 < gaps[2] < 1.0, gaps
+
+
+def test_dead_endpoint_is_routed_around():
+    with FakeServer(ok()) as srv:
+        dead = closed_port_url()
+        eng = engine([dead, srv.url], max_retries=2)
+        rs = run(eng, [StepRequest([i]) for i in range(6)])
+    assert all(r.meta["endpoint"] == srv.url for r in rs)
+    assert len(srv.bodies) == 6 and eng.stats()[dead]["failures"] >= 1
+
+
+def test_stall_times_out_and_retries():
+    def script(n, body):
+        return 200, completion([5, 4, 4]), (3.0 if n == 0 else 0)  # the first answer stalls
+
+    with FakeServer(script) as srv:
+        t0 = time.time()
+        [r] = run(engine(srv.url, timeout=0.5, max_retries=1), [StepRequest([1])])
+    assert r.meta["attempts"] == 2 and time.time() - t0 < 2.5
+
+
+def test_aborted_generation_is_retried():
+    def script(n, body):
+        return 200, completion([5, 4], finish="abort" if n == 0 else "stop"), 0
+
+    with FakeServer(script) as srv:
+        [r] = run(engine(srv.url), [StepRequest([1])])
+    assert r.meta["attempts"] == 2
+
+
+def test_bad_request_not_retried():
+    with FakeServer(lambda n, b: (400, {"error": {"message": "prompt too long: 5000 > 4096"}}, 0)) as srv:
+        with pytest.raises(EngineRequestError, match=r"HTTP 400.*prompt too long"):
+            run(engine(srv.url, max_retries=3), [StepRequest([1])])
+    assert len(srv.bodies) == 1
+
+
+@pytest.mark.parametrize("drop,match", [
+    (("token_ids",), "no token_ids"),  # and tokens are plain strings below -> cannot recover
+    (("logprobs",), "no logprobs"),
+    (("token_logprobs",), "no logprobs"),
+    (("top_logprobs",), "top_logprobs has None rows"),
+])
+def test_malformed_responses(drop, match):
+    with FakeServer(ok(drop=drop, as_ids="token_ids" not in drop)) as srv:
+        with pytest.raises(MalformedResponseError, match=match) as ei:
+            run(engine(srv.url), [StepRequest([1])])
+    assert srv.url in str(ei.value) and len(srv.bodies) == 1
+
+
+def test_token_ids_recovered_from_token_id_keys():
+    with FakeServer(ok((7, 8), drop=("token_ids",))) as srv:
+        [r] = run(engine(srv.url), [StepRequest([1])])
+    assert r.token_ids == [7, 8]
+
+
+def test_mismatched_lengths_and_non_json():
+    def short(n, body):
+        b = completion([5, 6, 4])
+        b["choices"][0]["logprobs"]["token_logprobs"].pop()
+        return 200, b, 0
+
+    with FakeServer(short) as srv:
+        with pytest.raises(MalformedResponseError, match="3 token_ids but 2 token_logprobs"):
+            run(engine(srv.url), [StepRequest([1])])
+    with FakeServer(lambda n, b: (200, {"choices": []}, 0)) as srv:
+        with pytest.raises(MalformedResponseError, match="no choices"):
+            run(engine(srv.url), [StepRequest([1])])
+
+
+def test_one_failure_cancels_the_batch_and_raises_it():
+    def script(n, body):
+        if body["prompt"] == [3]:
+            return 400, {"error": {"message": "nope"}}, 0
+        return 200, completion([5, 4]), 0.3
+
+    with FakeServer(script) as srv:
+        with pytest.raises(EngineRequestError, match="nope"):
+            run(engine(srv.url), [StepRequest([i]) for i in range(6)])
+
+
+def test_invalid_params():
+    with pytest.raises(ValueError, match="logprobs"):
+        run(engine("http://127.0.0.1:9/v1"), [StepRequest([1])], SamplingParams(logprobs=21))
+    with pytest.raises(ValueError, match="endpoint"):
+        OpenAIServerEngine("m", [])
+
+
+# ----------------------------------------------------------------------------- load and concurrency
+def test_load_spread_and_concurrency_bound():
+    def slow(n, body):
+        return 200, completion([5, 4]), 0.05
+
+    with FakeServer(slow) as a, FakeServer(slow) as b:
+        eng = engine([a.url, b.url], concurrency=4)
+        t0 = time.time()
+        rs = run(eng, [StepRequest([i]) for i in range(40)])
+        wall = time.time() - t0
+    assert len(rs) == 40
+    assert abs(len(a.bodies) - len(b.bodies)) <= 4, (len(a.bodies), len(b.bodies))
+    assert a.max_in_flight + b.max_in_flight <= 4 + 1
+    assert max(a.max_in_flight, b.max_in_flight) >= 2  # requests do overlap
+    assert wall < 40 * 0.05  # and so the batch is faster than serial
+
+
+def test_engine_reused_across_event_loops():
+    with FakeServer(ok()) as srv:
+        eng = engine(srv.url)
+        for _ in range(2):  # each asyncio.run is a new loop: clients are rebuilt for it
+            assert len(run(eng, [StepRequest([1])])) == 1
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_is_lazy():
+    assert set(ENGINES) >= {"flax", "openai_server", "vllm_offline"}
+    assert engine_class("openai_server") is OpenAIServerEngine
+    eng = make_engine("openai_server", model="m", endpoints="http://127.0.0.1:9/v1", n_params=1e6)
+    assert eng.n_params == 1e6 and eng.name == "openai_server"
+    assert "vllm" not in sys.modules  # importing the engines package or this engine never imports vllm
+    with pytest.raises(ValueError, match="unknown engine 'nope'"):
+        make_engine("nope")
