@@ -1,0 +1,159 @@
+"""The ``roro rubric`` stage: Judge and Rubricor trained alternately, gated, compared with baselines.
+
+``run_rubric_stage(cfg, trajectories, pairs, queries=None) -> results`` takes any world's trajectories and
+preference pairs (``cfg`` is a :class:`~roro_jax.rubric.RubricConfig`, or a project config with a
+``rubric`` field) and reports, on held-out queries, the pairwise accuracy of
+
+(a) the rule-based process score (:func:`roro_jax.pairs.process_quality`),
+(b) the no-rubric Judge (same backbone and number of Judge steps),
+(c) the rubric Judge after each phase of each alternating round, with the gate's decisions.
+
+``replay_pairs(...)`` builds the replay world's exploratory trajectories and pairs;
+``python -m pipelines.rubric --world replay --seeds 0 1 2 --json out.json`` runs the experiment and
+prints the results table (markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from roro_jax.pairs import PairsConfig, build_pairs
+from roro_jax.rubric.loop import (RubricConfig, accuracy_report, make_data, process_quality_correct, run_alternating,
+                                  run_no_rubric)
+from roro_jax.types import PreferencePair, Trajectory
+
+
+def replay_pairs(episodes=None, *, pairs_cfg: PairsConfig | None = None, seed: int = 0
+                 ) -> tuple[list[Trajectory], list[PreferencePair], dict[str, str]]:
+    """Replay-world trajectories of the exploration suite (one route per policy and episode), their pairs
+    (default: at most 6 pairs per kind per query) and the query texts."""
+    from roro_jax.router.baselines import replay_policy
+    from roro_jax.router.exploration import ExplorationConfig, exploration_suite
+    from roro_jax.worlds.replay import ReplayWorld
+
+    world = ReplayWorld(episodes)
+    trajs: list[Trajectory] = []
+    for pol in exploration_suite(ExplorationConfig(seed=seed)):
+        actions, _, _ = world.rollout(replay_policy(pol, seed=seed))
+        trajs += world.trajectories(actions, policy_id=pol.policy_id, seed=seed)
+    pairs = build_pairs(trajs, pairs_cfg or PairsConfig(max_per_kind=6), seed=seed)
+    return trajs, pairs, {e.id: e.query for e in world.episodes}
+
+
+def _rubric_cfg(cfg) -> RubricConfig:
+    return cfg if isinstance(cfg, RubricConfig) else cfg.rubric
+
+
+def run_rubric_stage(cfg, trajectories: Sequence[Trajectory], pairs: Sequence[PreferencePair],
+                     queries: dict[str, str] | None = None, *, log=print) -> dict[str, Any]:
+    """One seed of the rubric stage on any pairs + trajectories (see the module docstring).
+
+    Returns a JSON-able dict: ``split`` sizes, ``process_quality`` (a), ``no_rubric`` (b), ``phases`` (c,
+    one record per phase with the gate decision), ``gate`` decisions; plus live objects under ``objects``
+    (the trained Judge, Rubricor and rubric book, for the router stage).
+    """
+    rc = _rubric_cfg(cfg)
+    data = make_data(trajectories, pairs, queries, rc)
+    res: dict[str, Any] = {"seed": rc.seed, "split": {s: {"pairs": len(data.pairs_of(s)),
+                                                          "queries": len(data.split_queries(s))}
+                                                      for s in ("train", "val", "test")}}
+    res["process_quality"] = {s: accuracy_report(process_quality_correct(data.pairs_of(s), data.by_id),
+                                                 data.pairs_of(s)) for s in ("val", "test")}
+    objects = {}
+    if rc.no_rubric_baseline:
+        nr = run_no_rubric(rc, data, log=log)
+        objects["no_rubric_judge"] = nr.pop("judge")
+        res["no_rubric"] = nr
+    alt = run_alternating(rc, data, log=log)
+    for k in ("judge", "rubricor", "book"):
+        objects[k] = alt.pop(k)
+    res.update(alt)
+    res["objects"] = objects
+    return res
+
+
+# ------------------------------------------------------------------------------------------ reporting
+
+def _ms(xs) -> str:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return "n/a"
+    return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.3f}"
+
+
+def results_table(runs: Sequence[dict[str, Any]], world: str) -> str:
+    """Markdown table over seeds: mean ± sample std of held-out (test-query) pairwise accuracy."""
+    kinds = sorted({k[4:] for r in runs for k in r["process_quality"]["test"] if k.startswith("acc_")})
+    head = "| scorer | " + " | ".join(["all"] + kinds) + " | gate decisions (per seed) |"
+    lines = [f"**{world} world**, {len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}); test split: "
+             f"{runs[0]['split']['test']['pairs']} pairs over {runs[0]['split']['test']['queries']} held-out queries "
+             f"(kinds: " + ", ".join(f"{k} {runs[0]['process_quality']['test'].get('n_' + k, 0)}" for k in kinds) + ")",
+             "", head, "|" + "---|" * (len(kinds) + 3)]
+
+    def row(name, recs, gates=""):
+        cells = [_ms([r["acc"] for r in recs])] + [_ms([r.get("acc_" + k) for r in recs]) for k in kinds]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gates} |")
+
+    row("(a) rule-based process score", [r["process_quality"]["test"] for r in runs])
+    if all("no_rubric" in r for r in runs):
+        row(f"(b) no-rubric Judge ({runs[0]['no_rubric']['steps']} steps)", [r["no_rubric"]["test"] for r in runs])
+    phases = [(p["phase"], p["round"]) for p in runs[0]["phases"] if p["phase"] != "init"]
+    for ph, rnd in phases:
+        recs, dec = [], []
+        for r in runs:
+            p = next(p for p in r["phases"] if p["phase"] == ph and p["round"] == rnd)
+            recs.append(p["test"])
+            g = p.get("gate")
+            if g:
+                dec.append(("A" if g["accept"] else "R") + f" p={g['p_value']:.2g}")
+        row(f"(c) rubric Judge, round {rnd} after {ph} phase", recs, "; ".join(dec))
+    lines.append("")
+    lines.append("A = gate accepted the phase, R = rejected and rolled back (one-sided exact McNemar on the "
+                 "validation queries' pairs); each (c) row is the state in place after that phase's gate.")
+    return "\n".join(lines)
+
+
+def jsonable(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in res.items() if k != "objects"}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", default="replay", choices=["replay"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--json", default=None, help="write all runs as JSON here")
+    ap.add_argument("--out-dir", default=None, help="gate logs + checkpoints under <out-dir>/seed<k>")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides key=value of RubricConfig (dotted)")
+    args = ap.parse_args(argv)
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.structured(RubricConfig)
+    if args.set:
+        base = OmegaConf.merge(base, OmegaConf.from_dotlist(args.set))
+    trajs, pairs, queries = replay_pairs()
+    runs = []
+    for s in args.seeds:
+        rc = OmegaConf.to_object(base)
+        rc.seed = s
+        if args.out_dir:
+            rc.out_dir = f"{args.out_dir}/seed{s}"
+        res = jsonable(run_rubric_stage(rc, trajs, pairs, queries))
+        runs.append(res)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"world": args.world, "config": OmegaConf.to_container(base), "runs": runs}, f, indent=1,
+                          default=str)
+    table = results_table(runs, args.world)
+    print(table)
+    return {"world": args.world, "runs": runs, "table": table}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

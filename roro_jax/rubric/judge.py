@@ -1,0 +1,356 @@
+"""The Judge: a rubric-conditioned reward model (a :class:`~roro_jax.models.score.ScoreModel`).
+
+**Input.** ``[BOS] "Q:" query "\\n" trajectory "\\nR:\\n"`` then, per criterion, ``text + " ?" + "\\n"``.
+Each criterion's *marker* is the last token of its ``" ?"`` piece; the pieces are tokenised separately
+and concatenated, so marker positions are exact for any tokenizer. The model reads one logit per marker
+(the score head has one output); ``p_k = sigmoid(logit_k)`` is the probability that criterion k is met,
+and the trajectory's score is ``s = Σ_k w_k p_k`` with the rubric's weights (normalised to sum 1), so
+``s ∈ [0, 1]``. A causal LM sees the whole trajectory (and the earlier criteria) at every marker.
+
+**No-rubric ablation** (``use_rubric=False``): the same backbone and head read one marker after
+``"S ?"``; ``s = sigmoid(logit)``.
+
+**Training.** Bradley–Terry on score differences: ``-log σ(β (s_pref − s_rej))`` with ``β = bt_scale``
+(scores are bounded, so β sets how sharp a margin of 1 is), averaged over pairs (optionally weighted).
+:func:`make_judge_update` builds the jitted update ``(state, batch) -> (state, metrics)`` with donated
+state: ``single`` device, or ``shard_map`` data parallel (the pair axis sharded over a ``data`` mesh
+axis; loss sums, their denominator and the gradients ``psum``-ed, so the step equals the single-device
+step up to float reassociation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from roro_jax.models.score import ScoreModel
+from roro_jax.rl.losses import bradley_terry_loss, safe_div
+from roro_jax.rl.update import TrainState, init_state
+from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, trainable_filter
+from roro_jax.rubric.serialize import SerializeConfig, serialize_query, serialize_trajectory
+from roro_jax.types import PreferencePair, Rubric, Trajectory
+
+DATA = "data"
+MARKER = " ?"
+SIDES = ("pref", "rej")
+
+
+@dataclass
+class JudgeConfig:
+    model: LMSpec = field(default_factory=LMSpec)
+    use_rubric: bool = True
+    bt_scale: float = 8.0
+    lr: float = 1e-3
+    max_grad_norm: float = 1.0
+    batch_pairs: int = 32
+    steps: int = 150  # optimiser steps per Judge phase
+    parallel: str = "single"  # single | shard_map
+    len_multiple: int = 32  # sequence lengths are padded up to a multiple of this
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+class JudgeEncoder:
+    """Token ids and marker positions of Judge inputs; caches the pieces (queries, trajectories, criteria)."""
+
+    def __init__(self, tokenizer, serialize: SerializeConfig, *, use_rubric: bool = True, max_criteria: int = 6):
+        self.tok, self.ser, self.use_rubric, self.max_criteria = tokenizer, serialize, use_rubric, max_criteria
+        self._cache: dict[str, list[int]] = {}
+        self._marker = encode(tokenizer, MARKER)
+        self._nl = encode(tokenizer, "\n")
+        if not self._marker:
+            raise ValueError("the tokenizer encodes the marker ' ?' to nothing")
+
+    def _enc(self, text: str) -> list[int]:
+        """Token ids of a piece of text (memoised on the text; bounded)."""
+        ids = self._cache.get(text)
+        if ids is None:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            ids = self._cache[text] = encode(self.tok, text)
+        return ids
+
+    def encode(self, query: str, rubric: Rubric | None, traj: Trajectory) -> tuple[list[int], list[int], list[float]]:
+        """``(ids, marker positions, weights)`` of one Judge input."""
+        ids = bos(self.tok) + self._enc("Q:" + serialize_query(query, self.ser) + "\n")
+        ids = ids + self._enc(serialize_trajectory(traj, self.ser) + "\nR:\n")
+        pos, w = [], []
+        if self.use_rubric:
+            if rubric is None or not rubric.criteria:
+                raise ValueError(f"the rubric Judge needs a rubric with criteria for query {traj.query_id}")
+            for c in rubric.criteria[:self.max_criteria]:
+                ids = ids + self._enc(c.text) + self._marker
+                pos.append(len(ids) - 1)
+                w.append(float(c.weight))
+                ids = ids + self._nl
+        else:
+            ids = ids + self._enc("S") + self._marker
+            pos.append(len(ids) - 1)
+            w.append(1.0)
+        return ids, pos, w
+
+    @property
+    def n_outputs(self) -> int:
+        return self.max_criteria if self.use_rubric else 1
+
+
+def pad_inputs(encoded: Sequence[tuple[list[int], list[int], list[float]]], k: int, *, len_multiple: int = 32,
+               rows: int | None = None, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Right-padded arrays: ``ids`` [B, L] int32, ``mask`` [B, L] bool, ``pos`` [B, K] int32, ``w`` [B, K].
+
+    Criteria beyond an input's own have weight 0 (and read position 0). ``rows`` pads the batch with
+    empty rows (mask 0, weights 0) up to that many.
+    """
+    n = len(encoded)
+    b = max(n, rows or 0)
+    length = bucket_len(max(len(e[0]) for e in encoded), len_multiple)
+    ids = np.full((b, length), pad_id, np.int32)
+    mask = np.zeros((b, length), bool)
+    pos = np.zeros((b, k), np.int32)
+    w = np.zeros((b, k), np.float32)
+    for i, (x, p, wt) in enumerate(encoded):
+        ids[i, :len(x)] = x
+        mask[i, :len(x)] = True
+        pos[i, :len(p)] = p
+        w[i, :len(wt)] = wt
+    return {"ids": ids, "mask": mask, "pos": pos, "w": w}
+
+
+# ------------------------------------------------------------------------------------------ pure math
+
+def criterion_probs(model: ScoreModel, ids, mask, pos) -> jax.Array:
+    """``p`` [B, K]: probability that each criterion is met (sigmoid of the logit read at its marker)."""
+    return jax.nn.sigmoid(model(ids, mask, pos)[..., 0])
+
+
+def weighted_score(probs, w) -> jax.Array:
+    """``s = Σ_k w_k p_k / Σ_k w_k`` per row (0 for a row without weights): [B] in [0, 1]."""
+    return safe_div(jnp.sum(probs * w, -1), jnp.sum(w, -1))
+
+
+def bt_terms(score_pref, score_rej, pair_weight, scale: float) -> dict[str, jax.Array]:
+    """Additive pieces of the Bradley–Terry loss: ``loss = loss_sum / den`` (``den`` = Σ pair weights)."""
+    loss = bradley_terry_loss(scale * score_pref, scale * score_rej, pair_weight)
+    return {"loss_sum": jnp.sum(loss), "den": jnp.sum(pair_weight),
+            "correct_sum": jnp.sum((score_pref > score_rej) * pair_weight),
+            "margin_sum": jnp.sum((score_pref - score_rej) * pair_weight)}
+
+
+def pair_scores(model: ScoreModel, batch) -> tuple[jax.Array, jax.Array]:
+    """Scores of both sides of a pair batch in one forward pass: ``(s_pref [B], s_rej [B])``."""
+    ids = jnp.concatenate([batch["pref_ids"], batch["rej_ids"]])
+    mask = jnp.concatenate([batch["pref_mask"], batch["rej_mask"]])
+    pos = jnp.concatenate([batch["pref_pos"], batch["rej_pos"]])
+    w = jnp.concatenate([batch["pref_w"], batch["rej_w"]])
+    s = weighted_score(criterion_probs(model, ids, mask, pos), w)
+    b = batch["pref_ids"].shape[0]
+    return s[:b], s[b:]
+
+
+# ------------------------------------------------------------------------------------------ model/state
+
+def build_judge(cfg: JudgeConfig, *, max_criteria: int, seed: int = 0):
+    """``(ScoreModel, tokenizer)``: the backbone per ``cfg.model`` and a zero-initialised 1-output head."""
+    backbone, tok = build_lm(cfg.model, seed=seed)
+    model = ScoreModel(backbone, 1, rngs=nnx.Rngs(seed))
+    return model, tok
+
+
+def split_judge(model: ScoreModel, cfg: JudgeConfig):
+    """``(graphdef, trainable, frozen)`` states of the Judge."""
+    return nnx.split(model, trainable_filter(cfg.model, ("head_kernel", "head_bias")), ...)
+
+
+def make_optimizer(cfg: JudgeConfig) -> optax.GradientTransformation:
+    chain = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm else []
+    return optax.chain(*chain, optax.adam(cfg.lr))
+
+
+def make_judge_update(graphdef, tx, scale: float, *, mode: str = "single", mesh: Mesh | None = None,
+                      donate: bool = True) -> Callable:
+    """``update(state, frozen, batch) -> (state, metrics)``: one jitted BT step (see the module docstring).
+
+    ``batch``: ``{side}_ids/_mask/_pos/_w`` for side in (pref, rej), and ``pair_weight`` [B].
+    """
+
+    def body(axis):
+        def psum(x):
+            return x if axis is None else jax.lax.psum(x, axis)
+
+        def step(state: TrainState, frozen, batch):
+            den = psum(jnp.sum(batch["pair_weight"]))
+
+            def loss_fn(params):
+                model = nnx.merge(graphdef, params, frozen)
+                sp, sr = pair_scores(model, batch)
+                terms = bt_terms(sp, sr, batch["pair_weight"], scale)
+                return safe_div(terms["loss_sum"], den), terms
+
+            grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+            grads, terms = psum(grads), psum(terms)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            metrics = {"loss": safe_div(terms["loss_sum"], terms["den"]),
+                       "accuracy": safe_div(terms["correct_sum"], terms["den"]),
+                       "margin": safe_div(terms["margin_sum"], terms["den"]),
+                       "grad_norm": optax.tree.norm(grads)}
+            return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+        return step
+
+    donate_args = (0,) if donate else ()
+    if mode == "single":
+        return jax.jit(body(None), donate_argnums=donate_args)
+    if mode == "shard_map":
+        mesh = mesh if mesh is not None else Mesh(np.array(jax.devices()), (DATA,))
+        inner = jax.shard_map(body(DATA), mesh=mesh, in_specs=(P(), P(), P(DATA)), out_specs=(P(), P()),
+                              check_vma=False)
+        fn = jax.jit(inner, donate_argnums=donate_args)
+        n = mesh.shape[DATA]
+        sharding, repl = NamedSharding(mesh, P(DATA)), NamedSharding(mesh, P())
+
+        def update(state, frozen, batch):
+            b = batch["pair_weight"].shape[0]
+            if b % n:
+                raise ValueError(f"{b} pairs do not split over {n} devices")
+            return fn(jax.device_put(state, repl), jax.device_put(frozen, repl), jax.device_put(batch, sharding))
+
+        return update
+    raise ValueError(f"Judge parallel mode must be single | shard_map, got {mode!r}")
+
+
+def copy_tree(tree):
+    """A deep copy of a pytree of arrays (new buffers: safe against donation)."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else np.array(x, copy=True),
+                        tree)
+
+
+# ------------------------------------------------------------------------------------------ the Judge
+
+class Judge:
+    """A trainable Judge: model + tokenizer + encoder + optimiser state.
+
+    ``scores(items)`` scores ``(query, rubric, trajectory)`` triples (in [0, 1]); ``train_steps(...)``
+    runs BT updates on pairs; ``snapshot()``/``restore()`` copy the whole training state.
+    """
+
+    def __init__(self, cfg: JudgeConfig, serialize: SerializeConfig, *, max_criteria: int = 6, seed: int = 0,
+                 mesh: Mesh | None = None):
+        self.cfg, self.max_criteria, self.seed = cfg, max_criteria, seed
+        model, self.tokenizer = build_judge(cfg, max_criteria=max_criteria, seed=seed)
+        self.encoder = JudgeEncoder(self.tokenizer, serialize, use_rubric=cfg.use_rubric, max_criteria=max_criteria)
+        self.graphdef, params, self.frozen = split_judge(model, cfg)
+        self.tx = make_optimizer(cfg)
+        self.state = init_state(params, self.tx)
+        self._update = make_judge_update(self.graphdef, self.tx, cfg.bt_scale, mode=cfg.parallel, mesh=mesh)
+        self._score = jax.jit(self._score_impl)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+
+    def _score_impl(self, params, frozen, ids, mask, pos, w):
+        model = nnx.merge(self.graphdef, params, frozen)
+        p = criterion_probs(model, ids, mask, pos)
+        return weighted_score(p, w), p
+
+    # -- state
+    def snapshot(self) -> TrainState:
+        return copy_tree(self.state)
+
+    def restore(self, state: TrainState) -> None:
+        self.state = copy_tree(state)
+
+    @property
+    def model(self) -> ScoreModel:
+        return nnx.merge(self.graphdef, self.state.params, self.frozen)
+
+    # -- scoring
+    def encode_many(self, items: Sequence[tuple[str, Rubric | None, Trajectory]]):
+        return [self.encoder.encode(q, r, t) for q, r, t in items]
+
+    def scores(self, items: Sequence[tuple[str, Rubric | None, Trajectory]], *, batch: int = 64,
+               return_probs: bool = False):
+        """Scores [N] in [0, 1] (and criterion probabilities [N, K] with ``return_probs``)."""
+        enc = self.encode_many(items)
+        out_s, out_p = [], []
+        for i in range(0, len(enc), batch):
+            chunk = enc[i:i + batch]
+            arr = pad_inputs(chunk, self.encoder.n_outputs, len_multiple=self.cfg.len_multiple,
+                             rows=_bucket_rows(len(chunk), batch), pad_id=self.pad_id)
+            s, p = self._score(self.state.params, self.frozen, arr["ids"], arr["mask"], arr["pos"], arr["w"])
+            out_s.append(np.asarray(s)[:len(chunk)])
+            out_p.append(np.asarray(p)[:len(chunk)])
+        if not enc:
+            return (np.zeros(0), np.zeros((0, self.encoder.n_outputs))) if return_probs else np.zeros(0)
+        s = np.concatenate(out_s)
+        return (s, np.concatenate(out_p)) if return_probs else s
+
+    # -- training
+    def pair_batch(self, pairs: Sequence[PreferencePair], by_id: dict[str, Trajectory], queries: dict[str, str],
+                   rubrics: dict[str, Rubric] | None, pair_weight: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+        """Arrays of a pair batch (both sides padded to a common length)."""
+        rub = rubrics or {}
+        enc = {side: [self.encoder.encode(queries.get(p.query_id, ""), rub.get(p.query_id),
+                                          by_id[p.preferred if side == "pref" else p.rejected]) for p in pairs]
+               for side in SIDES}
+        length = bucket_len(max(len(e[0]) for side in SIDES for e in enc[side]), self.cfg.len_multiple)
+        out = {}
+        for side in SIDES:
+            arr = pad_inputs(enc[side], self.encoder.n_outputs, len_multiple=length, pad_id=self.pad_id)
+            for k, v in arr.items():
+                out[f"{side}_{k}"] = v
+        out["pair_weight"] = np.ones(len(pairs), np.float32) if pair_weight is None else \
+            np.asarray(pair_weight, np.float32)
+        return out
+
+    def train_steps(self, pairs: Sequence[PreferencePair], by_id, queries, rubrics, *, steps: int,
+                    rng: np.random.Generator, log: Callable[[int, dict], None] | None = None) -> list[dict]:
+        """``steps`` BT updates on minibatches of ``cfg.batch_pairs`` pairs drawn without replacement per epoch."""
+        history = []
+        order = np.array([], int)
+        bp = min(self.cfg.batch_pairs, len(pairs))
+        for i in range(steps):
+            if len(order) < bp:
+                order = np.concatenate([order, rng.permutation(len(pairs))])
+            idx, order = order[:bp], order[bp:]
+            batch = self.pair_batch([pairs[j] for j in idx], by_id, queries, rubrics)
+            self.state, m = self._update(self.state, self.frozen, batch)
+            m = {k: float(v) for k, v in m.items()}
+            history.append(m)
+            if log is not None:
+                log(i, m)
+        return history
+
+
+def _bucket_rows(n: int, cap: int) -> int:
+    b = 8
+    while b < n:
+        b *= 2
+    return min(max(b, n), max(cap, n))
+
+
+def pair_correct(judge: Judge, pairs: Sequence[PreferencePair], by_id: dict[str, Trajectory],
+                 queries: dict[str, str], rubrics: dict[str, Rubric] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(correct [P] bool, s_pref [P], s_rej [P])``: the Judge orders each pair strictly right (ties are wrong)."""
+    rub = rubrics or {}
+    items, index = [], {}
+    for p in pairs:
+        for tid in (p.preferred, p.rejected):
+            if tid not in index:
+                index[tid] = len(items)
+                items.append((queries.get(p.query_id, ""), rub.get(p.query_id), by_id[tid]))
+    s = judge.scores(items)
+    sp = np.array([s[index[p.preferred]] for p in pairs])
+    sr = np.array([s[index[p.rejected]] for p in pairs])
+    return sp > sr, sp, sr
+
+
+def score_trajectories(judge: Judge, query: str, rubric: Rubric | None, trajectories: Sequence[Trajectory]) -> np.ndarray:
+    """The process reward the router trainer reads: the Judge's score of each trajectory under the query's
+    rubric, in [0, 1] (a weighted sum of criterion probabilities; ``rubric`` ignored by a no-rubric Judge)."""
+    return judge.scores([(query, rubric, t) for t in trajectories])

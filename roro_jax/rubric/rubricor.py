@@ -1,0 +1,222 @@
+"""The Rubricor: an LM that writes a query's rubric; SFT warm start, then GRPO on rubric tokens.
+
+**Prompt.** ``[BOS] "Q:" query "\\nP:" summary "\\nR:\\n"`` where ``summary`` is
+:func:`~roro_jax.rubric.serialize.query_summary` of the query's trajectories: the small model's per-step
+confidence profile (no outcomes). The profile is what makes a rubric query-*specific* beyond its text
+(e.g. which step to escalate); a tiny character LM cannot read a math problem, and a real LM benefits
+from seeing where the small model hesitates. The completion is the rubric text in the grammar of
+:mod:`roro_jax.rubric.format`, ended by EOS.
+
+**SFT.** Token-mean negative log-likelihood of the teacher rubric's tokens (and EOS) given the prompt.
+
+**GRPO.** For each query, sample G rubrics (temperature ``temperature``); reward each with
+:func:`rubric_reward` (the frozen Judge's pairwise accuracy — or mean margin — on that query's training
+pairs when reading that rubric; malformed rubrics get ``malformed_reward``, the lowest possible, and
+rubrics over ``target_chars`` lose ``length_penalty`` per extra character); advantages by
+:func:`~roro_jax.rl.advantages.group_advantages`; loss
+:func:`~roro_jax.rl.losses.policy_loss` on the completion tokens' log-probs (``old_logp`` = the sampling
+policy's log-probs at the sampling temperature, recomputed in one pass before the update).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from roro_jax.models.sampler import Sampler, SamplingParams
+from roro_jax.models.score import token_logprobs
+from roro_jax.rl.advantages import group_advantages
+from roro_jax.rl.losses import policy_loss, safe_div
+from roro_jax.rl.update import TrainState, init_state
+from roro_jax.rubric.format import ParseResult, RubricLimits, parse_rubric
+from roro_jax.rubric.judge import copy_tree
+from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, trainable_filter
+from roro_jax.rubric.serialize import SerializeConfig, serialize_query
+
+
+@dataclass
+class RubricorConfig:
+    model: LMSpec = field(default_factory=LMSpec)
+    sft_steps: int = 150
+    sft_lr: float = 3e-3
+    sft_batch: int = 16
+    grpo_steps: int = 6  # GRPO updates per Rubricor phase
+    grpo_queries: int = 8  # queries per GRPO update
+    group_size: int = 4
+    grpo_epochs: int = 2  # optimiser steps on each sampled batch
+    lr: float = 3e-4
+    max_grad_norm: float = 1.0
+    clip_eps: float = 0.2
+    temperature: float = 1.0
+    max_new_tokens: int = 160
+    reward: str = "accuracy"  # accuracy | margin
+    reward_pairs: int = 6  # training pairs of the query used per reward (subsampled)
+    malformed_reward: float = -1.0
+    target_chars: int = 160
+    length_penalty: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------ rewards
+
+def _acc(sp, sr):
+    sp, sr = np.asarray(sp, float), np.asarray(sr, float)
+    return float(np.mean((sp > sr) + 0.5 * (sp == sr))) if sp.size else float("nan")
+
+
+def _margin(sp, sr):
+    sp, sr = np.asarray(sp, float), np.asarray(sr, float)
+    return float(np.mean(sp - sr)) if sp.size else float("nan")
+
+
+REWARDS: dict[str, Callable] = {"accuracy": _acc, "margin": _margin}
+
+
+def rubric_reward(parsed: ParseResult, score_pref: Sequence[float] | None, score_rej: Sequence[float] | None, *,
+                  kind: str = "accuracy", malformed_reward: float = -1.0, target_chars: int = 160,
+                  length_penalty: float = 0.0) -> float:
+    """Reward of one sampled rubric (pure).
+
+    Malformed: ``malformed_reward`` (callers pick it below every attainable reward: accuracy ∈ [0, 1],
+    margin ∈ [-1, 1]). Otherwise ``REWARDS[kind](s_pref, s_rej)`` (accuracy counts ties as 1/2; NaN
+    without pairs, which :func:`group_advantages` turns into advantage 0) minus ``length_penalty`` per
+    character of ``parsed.rubric.raw`` beyond ``target_chars``.
+    """
+    if not parsed.ok:
+        return float(malformed_reward)
+    if kind not in REWARDS:
+        raise KeyError(f"unknown Rubricor reward {kind!r}; known: {sorted(REWARDS)}")
+    r = REWARDS[kind]([] if score_pref is None else score_pref, [] if score_rej is None else score_rej)
+    extra = max(0, len(parsed.rubric.raw) - target_chars)
+    return r - length_penalty * extra
+
+
+# ------------------------------------------------------------------------------------------ model
+
+def sft_loss(model, tokens, attn_mask, loss_mask):
+    """Token-mean NLL of the positions in ``loss_mask``."""
+    lp = token_logprobs(model, tokens, attn_mask)
+    m = loss_mask.astype(jnp.float32)
+    return -safe_div(jnp.sum(lp * m), jnp.sum(m))
+
+
+class Rubricor:
+    """Rubric generator: prompts, SFT and GRPO updates, sampling, snapshot/restore."""
+
+    def __init__(self, cfg: RubricorConfig, serialize: SerializeConfig, limits: RubricLimits, *, seed: int = 0):
+        self.cfg, self.ser, self.limits, self.seed = cfg, serialize, limits, seed
+        model, self.tokenizer = build_lm(cfg.model, seed=seed)
+        self.graphdef, params, self.frozen = nnx.split(model, trainable_filter(cfg.model), ...)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        self.sft_tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.sft_lr))
+        self.tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+        self.state = init_state(params, self.tx)
+        self._sft_state = None
+        self._sft_step = jax.jit(self._sft_impl, donate_argnums=(0,))
+        self._grpo_step = jax.jit(self._grpo_impl, donate_argnums=(0,))
+        self._logp = jax.jit(self._logp_impl)
+        self.sampler = Sampler(model, self.tokenizer, eos_token_ids=(self.eos_id,), pad_id=self.pad_id)
+
+    # -- state
+    def snapshot(self) -> TrainState:
+        return copy_tree(self.state)
+
+    def restore(self, state: TrainState) -> None:
+        self.state = copy_tree(state)
+
+    def model(self):
+        return nnx.merge(self.graphdef, self.state.params, self.frozen)
+
+    # -- text
+    def prompt_ids(self, query: str, summary: str) -> list[int]:
+        return bos(self.tokenizer) + encode(self.tokenizer, "Q:" + serialize_query(query, self.ser) + "\nP:" +
+                                            summary + "\nR:\n")
+
+    def _pack(self, prompts: Sequence[list[int]], completions: Sequence[list[int]]):
+        seqs = [p + c for p, c in zip(prompts, completions)]
+        length = bucket_len(max(len(s) for s in seqs), 32)
+        b = len(seqs)
+        tokens = np.full((b, length), self.pad_id, np.int32)
+        attn = np.zeros((b, length), bool)
+        loss = np.zeros((b, length), np.float32)
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            tokens[i, :len(p) + len(c)] = p + c
+            attn[i, :len(p) + len(c)] = True
+            loss[i, len(p):len(p) + len(c)] = 1.0
+        return tokens, attn, loss
+
+    # -- SFT
+    def _sft_impl(self, state: TrainState, frozen, tokens, attn, loss_mask):
+        def f(params):
+            return sft_loss(nnx.merge(self.graphdef, params, frozen), tokens, attn, loss_mask)
+
+        loss, grads = jax.value_and_grad(f)(state.params)
+        updates, opt_state = self.sft_tx.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), loss
+
+    def sft(self, prompts: Sequence[list[int]], targets: Sequence[str], *, steps: int, rng: np.random.Generator,
+            log: Callable[[int, float], None] | None = None) -> list[float]:
+        """``steps`` SFT updates on (prompt ids, target rubric text) examples; the GRPO optimiser restarts after."""
+        comp = [encode(self.tokenizer, t) + [self.eos_id] for t in targets]
+        st = init_state(self.state.params, self.sft_tx)
+        losses, order = [], np.array([], int)
+        bs = min(self.cfg.sft_batch, len(prompts))
+        for i in range(steps):
+            if len(order) < bs:
+                order = np.concatenate([order, rng.permutation(len(prompts))])
+            idx, order = order[:bs], order[bs:]
+            tokens, attn, lm = self._pack([prompts[j] for j in idx], [comp[j] for j in idx])
+            st, loss = self._sft_step(st, self.frozen, tokens, attn, lm)
+            losses.append(float(loss))
+            if log is not None:
+                log(i, losses[-1])
+        self.state = init_state(st.params, self.tx)
+        return losses
+
+    # -- sampling
+    def generate(self, prompts: Sequence[list[int]], *, temperature: float, seeds: Sequence[int]) -> list[tuple[list[int], str]]:
+        """``(completion ids, text)`` per prompt; the completion stops at EOS (included in the ids)."""
+        self.sampler.update(self.model())
+        params = [SamplingParams(max_new_tokens=self.cfg.max_new_tokens, temperature=temperature, seed=int(s))
+                  for s in seeds]
+        outs = self.sampler.generate(list(prompts), params)
+        return [(list(o.token_ids), o.text) for o in outs]
+
+    def write(self, prompts: Sequence[list[int]], query_ids: Sequence[str]) -> list[ParseResult]:
+        """Greedy rubrics for the prompts, parsed."""
+        outs = self.generate(prompts, temperature=0.0, seeds=[0] * len(prompts))
+        return [parse_rubric(text, q, self.limits) for (_, text), q in zip(outs, query_ids)]
+
+    # -- GRPO
+    def _logp_impl(self, params, frozen, tokens, attn):
+        return token_logprobs(nnx.merge(self.graphdef, params, frozen), tokens, attn,
+                              temperature=self.cfg.temperature)
+
+    def _grpo_impl(self, state: TrainState, frozen, tokens, attn, mask, old_logp, adv):
+        def f(params):
+            lp = token_logprobs(nnx.merge(self.graphdef, params, frozen), tokens, attn,
+                                temperature=self.cfg.temperature)
+            return policy_loss(lp, old_logp, adv, mask, clip_eps=self.cfg.clip_eps, agg="seq-mean-token-mean")
+
+        (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
+
+    def grpo_update(self, prompts: Sequence[list[int]], completions: Sequence[list[int]], rewards: Sequence[float]
+                    ) -> dict[str, float]:
+        """One GRPO update on G-major groups of samples (``len(prompts)`` = queries × G)."""
+        adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), self.cfg.group_size))
+        tokens, attn, mask = self._pack(prompts, completions)
+        old = self._logp(self.state.params, self.frozen, tokens, attn)
+        metrics = {}
+        for _ in range(self.cfg.grpo_epochs):
+            self.state, metrics = self._grpo_step(self.state, self.frozen, tokens, attn, mask, old, adv)
+        out = {k: float(v) for k, v in metrics.items()}
+        out["adv_abs"] = float(np.mean(np.abs(adv)))
+        return out
