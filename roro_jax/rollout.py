@@ -466,3 +466,25 @@ def rollout_sync(*args, **kwargs) -> list[Trajectory]:
     except RuntimeError:
         return asyncio.run(rollout(*args, **kwargs))
     raise RuntimeError("rollout_sync() called from a running event loop; use `await rollout(...)`")
+
+
+def warm_features(cfg: RolloutConfig, max_rows: int = 256) -> None:
+    """Compile the decision batcher's feature function for every row bucket up to ``max_rows`` (benchmarks
+    call this so no compile lands inside a timed run)."""
+    dec = _Decider(_NoPolicy(), cfg, "logprob")
+    n = 8
+    while True:
+        rows = [_Row(StepResult([0], "", "stop", np.zeros(1, np.float32), np.zeros((1, cfg.logprobs), np.float32)),
+                     0, 0, 0, np.zeros(0), "q", 0, 0)] * n
+        dec.featurize(rows)
+        if n >= max_rows:
+            break
+        n *= 2
+
+
+class _NoPolicy:
+    policy_id = "none"
+    batch_invariant = True
+
+    def act(self, obs, rng):  # pragma: no cover - never called
+        raise RuntimeError("not a policy")

@@ -5,7 +5,7 @@
 asks for *one* step at a time. The engine therefore merges whatever is pending into one batch: calls to
 :meth:`FlaxEngine.generate` only enqueue their requests and await futures; a single dispatcher task per
 event loop waits one loop tick (so every coroutine that became ready in the same tick has enqueued),
-takes up to ``max_batch`` pending requests that share the same :class:`SamplingParams`, runs them in a
+takes up to ``max_batch`` pending requests (each keeps its own :class:`SamplingParams`), runs them in a
 worker thread (``asyncio.to_thread``, so the event loop and the other engine stay free) and resolves the
 futures. While a batch runs, new requests accumulate for the next one. Requests never wait on one
 another beyond that: a batch is started as soon as the previous one ends.
@@ -142,6 +142,9 @@ class FlaxEngine:
 
     def generate_sync(self, requests: Sequence[StepRequest], params: SamplingParams) -> list[StepResult]:
         """Generate one step per request, blocking (chunks of ``max_batch``)."""
+        return self._generate_rows(requests, [params] * len(requests))
+
+    def _generate_rows(self, requests: Sequence[StepRequest], params: Sequence[SamplingParams]) -> list[StepResult]:
         import time
 
         out: list[StepResult] = []
@@ -151,7 +154,7 @@ class FlaxEngine:
                 if not r.prompt_ids:
                     raise ValueError(f"FlaxEngine: request {r.request_id!r} has an empty prompt")
             prompts = [r.prompt_ids for r in chunk]
-            sps = [self._sampler_params(params, r.seed) for r in chunk]
+            sps = [self._sampler_params(p, r.seed) for p, r in zip(params[i:i + self.max_batch], chunk)]
             if self.batch_buckets is not None:
                 size = next(b for b in self.batch_buckets if b >= len(chunk))
                 idle = replace(sps[0], max_new_tokens=1, logprobs=sps[0].logprobs)
@@ -201,12 +204,10 @@ class FlaxEngine:
             self._dispatcher = loop.create_task(self._dispatch(), name=f"{self.name}-dispatcher")
 
     def _take_batch(self) -> list[_Pending]:
-        head = self._pending[0].params
-        batch, rest = [], []
-        for p in self._pending:
-            (batch if p.params == head and len(batch) < self.max_batch else rest).append(p)
-        self._pending = rest
-        return batch
+        """Up to ``max_batch`` pending requests, oldest first, whatever their sampling params (the sampler
+        takes per-row params); within the batch, rows are ordered by prompt length."""
+        batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+        return sorted(batch, key=lambda p: len(p.request.prompt_ids))
 
     async def _dispatch(self) -> None:
         while True:
@@ -218,8 +219,8 @@ class FlaxEngine:
             if not batch:
                 continue
             try:
-                results = await asyncio.to_thread(self.generate_sync, [p.request for p in batch],
-                                                  batch[0].params)
+                results = await asyncio.to_thread(self._generate_rows, [p.request for p in batch],
+                                                  [p.params for p in batch])
             except Exception as e:  # noqa: BLE001 - handed to every caller of this batch
                 for p in batch:
                     if not p.future.done():

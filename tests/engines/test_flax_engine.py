@@ -118,18 +118,25 @@ def test_concurrent_calls_merge_into_batches_without_recompiles(engine):
     assert engine.num_compiles == compiles == 1  # one bucket: batch 16 x prompt 64 x new 32
 
 
-def test_mixed_params_are_batched_separately(engine):
+def test_mixed_params_share_a_batch(engine):
     short = SamplingParams(max_tokens=4, logprobs=5)
+    nostop = SamplingParams(max_tokens=24, logprobs=5, stop=())
+    ref = [engine.generate_sync(reqs(engine, PROMPTS[:2], [1, 2]), p) for p in (PARAMS, short, nostop)]
 
     async def main():
-        a, b = await asyncio.gather(engine.generate(reqs(engine, PROMPTS[:2], [1, 2]), PARAMS),
-                                    engine.generate(reqs(engine, PROMPTS[:2], [1, 2]), short))
+        before = engine.stats["batches"]
+        outs = await asyncio.gather(*[engine.generate(reqs(engine, PROMPTS[:2], [1, 2]), p)
+                                      for p in (PARAMS, short, nostop)])
+        batches = engine.stats["batches"] - before
         await engine.aclose()
-        return a, b
+        return outs, batches
 
-    a, b = asyncio.run(main())
-    assert all(r.n_tokens <= 4 for r in b)
-    assert any(r.n_tokens > 4 for r in a) or all(r.finish_reason != "length" for r in a)
+    outs, batches = asyncio.run(main())
+    assert batches == 1  # each row keeps its own params inside one compiled call
+    for got, want in zip(outs, ref):
+        assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert all(r.n_tokens <= 4 for r in outs[1])
+    assert all(r.finish_reason in ("length", "eos") for r in outs[2])
 
 
 def test_errors(engine, model, tok):

@@ -1,0 +1,264 @@
+"""Routed generation vs plain generation of the same number of tokens, through the same engines, one run.
+
+*Routed*: :func:`roro_jax.rollout.rollout` over ``queries x group`` trajectories with a router MLP deciding
+every step (a :class:`~roro_jax.router.mlp.RouterMLP` whose escalate bias gives ~``--escalation`` of steps
+to the large model). *Plain*: the same number of requests from the same prompts, each generating its share
+of the tokens the routed run generated on that engine in one go (no step delimiter), both engines at once.
+Both are measured after an identical warm-up run (same seeds, so the same shapes and no compiles while
+timed), interleaved ``--repeats`` times; medians are reported. ``ratio`` = routed tokens/s / plain tokens/s.
+
+    python benchmarks/rollout.py --engine flax --json          # in-process Flax engines, no server
+    python benchmarks/rollout.py --engine openai_server --small-url http://127.0.0.1:8001/v1 \\
+        --large-url http://127.0.0.1:8002/v1 --small-model toy-small --large-model toy-large --json
+
+With ``--engine flax`` and no ``--small-model/--large-model`` folders the models are synthetic step LMs
+(:func:`roro_jax.engines.flax_engine.synthetic_step_lm`: tiny Llamas of real per-token cost that write
+``"\\n\\n"``-delimited steps of variable length) over the toy character tokenizer; pass trained model
+folders to measure those instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+# ---------------------------------------------------------------------------------------------- policy
+class MLPRouterPolicy:
+    """A router MLP on the ``logprob`` features, sampled per row (``row_uniforms``): the real per-step
+    decision cost. Rows are padded to power-of-two batches so the jitted forward compiles a few times."""
+
+    batch_invariant = True
+
+    def __init__(self, rate: float, seed: int = 0):
+        import jax
+        from flax import nnx
+
+        from roro_jax.config import RouterConfig
+        from roro_jax.router.features import LOGPROB_NAMES
+        from roro_jax.router.mlp import escalate_prob, make_router
+
+        rate = min(max(rate, 1e-4), 1 - 1e-4)
+        model = make_router(RouterConfig(), len(LOGPROB_NAMES), seed=seed, escalate_bias=math.log(rate / (1 - rate)))
+        graphdef, self.state = nnx.split(model)
+        self._fn = jax.jit(lambda s, x: escalate_prob(nnx.merge(graphdef, s)(x)))
+        self.policy_id = f"bench_router_{rate:g}"
+
+    def act(self, obs, rng):
+        from roro_jax.router.baselines import row_uniforms
+
+        n = len(obs)
+        nb = 1 << max(n - 1, 0).bit_length()
+        x = np.zeros((max(nb, 8), obs.features.shape[1]), np.float32)
+        x[:n] = obs.features
+        p = np.asarray(self._fn(self.state, x), np.float64)[:n]
+        a = (row_uniforms(obs, rng, salt=0xB37C) < p).astype(np.int32)
+        p = np.clip(p, 1e-12, 1 - 1e-12)
+        return a, np.where(a == 1, np.log(p), np.log1p(-p)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- engines
+def flax_engines(args):
+    from roro_jax.engines.flax_engine import FlaxEngine, synthetic_step_lm
+    from roro_jax.tasks import toy
+
+    kw = dict(max_batch=args.max_batch, batch_buckets=args.batch_buckets, min_prompt_bucket=args.min_prompt_bucket,
+              min_new_bucket=16)
+    if args.small_model and args.large_model:
+        return FlaxEngine(args.small_model, name="small", **kw), FlaxEngine(args.large_model, name="large", **kw)
+    tok = toy.build_tokenizer()
+    small = synthetic_step_lm(tok, hidden=args.small_hidden, layers=args.small_layers, seed=0, concentration=1.0,
+                              answer=0.0)
+    large = synthetic_step_lm(tok, hidden=args.large_hidden, layers=args.large_layers, seed=1, concentration=0.3,
+                              answer=0.0)
+    return FlaxEngine((small, tok), name="small", **kw), FlaxEngine((large, tok), name="large", **kw)
+
+
+def server_engines(args):
+    """The ``openai_server`` engines for ``--small-url``/``--large-url`` (comma-separated URLs for several
+    endpoints), through the engines registry ``roro_jax.engines.make_engine``."""
+    if not (args.small_url and args.large_url):
+        raise SystemExit("--engine openai_server needs --small-url and --large-url")
+    try:
+        from roro_jax.engines import make_engine
+    except ImportError as e:
+        raise SystemExit(f"the openai_server engine is not available in this tree ({e})") from e
+    small = make_engine("openai_server", urls=args.small_url.split(","), model=args.small_model, name="small")
+    large = make_engine("openai_server", urls=args.large_url.split(","), model=args.large_model, name="large")
+    return small, large
+
+
+# ---------------------------------------------------------------------------------------------- runs
+async def routed_run(problems, small, large, policy, cfg, group, seed):
+    from roro_jax.rollout import rollout
+
+    stats: dict = {}
+    busy0 = {e.name: dict(getattr(e, "stats", {})) for e in (small, large)}
+    t0 = time.perf_counter()
+    trajs = await rollout(problems, small, large, policy, cfg, group_size=group, seed=seed, stats=stats)
+    wall = time.perf_counter() - t0
+    out = {"wall_s": wall, "small_tokens": sum(t.small_tokens for t in trajs),
+           "large_tokens": sum(t.large_tokens for t in trajs), "trajectories": len(trajs),
+           "steps": sum(len(t.steps) for t in trajs), "escalations": sum(t.n_escalations for t in trajs),
+           "decide_s": stats["decider"]["seconds"], "decide_batches": stats["decider"]["batches"]}
+    out.update(_engine_deltas(small, large, busy0))
+    return out
+
+
+async def plain_run(prompts_small, prompts_large, small, large, tokens_small, tokens_large, cfg, seed):
+    """Each engine: one request per prompt, generating its share of the given tokens without stopping."""
+    from dataclasses import replace
+
+    from roro_jax.engines.base import StepRequest
+
+    busy0 = {e.name: dict(getattr(e, "stats", {})) for e in (small, large)}
+
+    async def one(engine, prompt_ids, max_tokens, s):
+        params = replace(cfg.small_params(), max_tokens=max_tokens, stop=())
+        (r,) = await engine.generate([StepRequest(prompt_ids, seed=s)], params)
+        return r.n_tokens
+
+    jobs = []
+    for engine, prompts, total in ((small, prompts_small, tokens_small), (large, prompts_large, tokens_large)):
+        if total <= 0:
+            continue
+        share = [total // len(prompts) + (1 if i < total % len(prompts) else 0) for i in range(len(prompts))]
+        jobs += [one(engine, p, m, seed + i) for i, (p, m) in enumerate(zip(prompts, share)) if m > 0]
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*jobs)
+    wall = time.perf_counter() - t0
+    out = {"wall_s": wall, "tokens": int(sum(counts))}
+    out.update(_engine_deltas(small, large, busy0))
+    return out
+
+
+def _engine_deltas(small, large, before):
+    out = {}
+    for e in (small, large):
+        st = getattr(e, "stats", None)
+        if st and "busy_s" in st:
+            out[f"{e.name}_busy_s"] = st["busy_s"] - before[e.name].get("busy_s", 0.0)
+            out[f"{e.name}_batches"] = st["batches"] - before[e.name].get("batches", 0)
+            rows = st["rows"] - before[e.name].get("rows", 0)
+            out[f"{e.name}_rows_per_batch"] = rows / max(out[f"{e.name}_batches"], 1)
+    return out
+
+
+async def bench(args) -> dict:
+    from roro_jax.rollout import RolloutConfig, default_prompt
+    from roro_jax.tasks import toy
+
+    small, large = flax_engines(args) if args.engine == "flax" else server_engines(args)
+    cfg = RolloutConfig(max_steps=args.max_steps, max_step_tokens=args.step_tokens, logprobs=5,
+                        max_live=args.max_live, stop_on_answer=False)
+    problems = toy.generate(args.queries, seed=0)
+    policy = MLPRouterPolicy(args.escalation)
+    prompts_s = [small.encode(default_prompt(p)) for p in problems for _ in range(args.group)]
+    prompts_l = [large.encode(default_prompt(p)) for p in problems for _ in range(args.group)]
+
+    t0 = time.perf_counter()
+    if args.engine == "flax":  # compile every shape a timed run can meet (batch composition varies by timing)
+        from roro_jax.rollout import warm_features
+
+        warm_features(cfg, args.max_batch)
+        longest = max(len(p) for p in prompts_s + prompts_l) + args.max_steps * args.step_tokens
+        lengths, L = [], args.min_prompt_bucket
+        while L < 2 * longest:
+            lengths.append(L)
+            L *= 2
+        for e in (small, large):
+            await e.warmup(lengths, e.batch_buckets, cfg.small_params())
+    warm = await routed_run(problems, small, large, policy, cfg, args.group, args.seed)  # same seeds as timed
+    await plain_run(prompts_s, prompts_l, small, large, warm["small_tokens"], warm["large_tokens"], cfg, args.seed)
+    warmup_s = time.perf_counter() - t0
+    routed, plain = [], []
+    for _ in range(args.repeats):
+        routed.append(await routed_run(problems, small, large, policy, cfg, args.group, args.seed))
+        plain.append(await plain_run(prompts_s, prompts_l, small, large, routed[-1]["small_tokens"],
+                                     routed[-1]["large_tokens"], cfg, args.seed))
+    for e in (small, large):
+        await e.aclose()
+
+    def med(rows, k):
+        return statistics.median(r[k] for r in rows if k in r) if any(k in r for r in rows) else None
+
+    r_tokens = routed[-1]["small_tokens"] + routed[-1]["large_tokens"]
+    r_tps = r_tokens / med(routed, "wall_s")
+    p_tps = med(plain, "tokens") / med(plain, "wall_s")
+    res = {
+        "benchmark": "rollout", "engine": args.engine, "ratio": r_tps / p_tps,
+        "routed_tokens_per_s": r_tps, "plain_tokens_per_s": p_tps,
+        "routed_tokens": r_tokens, "plain_tokens": med(plain, "tokens"),
+        "routed_wall_s": med(routed, "wall_s"), "plain_wall_s": med(plain, "wall_s"),
+        "escalation_rate": routed[-1]["escalations"] / max(routed[-1]["steps"], 1),
+        "trajectories": routed[-1]["trajectories"], "steps": routed[-1]["steps"],
+        "small_tokens": routed[-1]["small_tokens"], "large_tokens": routed[-1]["large_tokens"],
+        "time_split": {
+            "routed": {k: med(routed, k) for k in ("small_busy_s", "large_busy_s", "decide_s", "small_batches",
+                                                    "large_batches", "small_rows_per_batch",
+                                                    "large_rows_per_batch", "decide_batches")},
+            "plain": {k: med(plain, k) for k in ("small_busy_s", "large_busy_s", "small_batches", "large_batches",
+                                                  "small_rows_per_batch", "large_rows_per_batch")},
+        },
+        "warmup_s": warmup_s, "repeats": args.repeats,
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "small_engine": repr(small), "large_engine": repr(large),
+    }
+    return res
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", choices=("flax", "openai_server"), default="flax")
+    ap.add_argument("--small-url"), ap.add_argument("--large-url")
+    ap.add_argument("--small-model", help="flax: HF folder; openai_server: served model name")
+    ap.add_argument("--large-model", help="flax: HF folder; openai_server: served model name")
+    ap.add_argument("--queries", type=int, default=8)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--max-steps", type=int, default=6)
+    ap.add_argument("--step-tokens", type=int, default=24)
+    ap.add_argument("--escalation", type=float, default=0.3)
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--batch-buckets", type=lambda v: tuple(int(x) for x in v.split(",")), default=(8, 32),
+                    help="flax: the compiled batch sizes (comma-separated; the largest >= --max-batch)")
+    ap.add_argument("--min-prompt-bucket", type=int, default=64)
+    ap.add_argument("--max-live", type=int, default=256)
+    ap.add_argument("--small-hidden", type=int, default=128)
+    ap.add_argument("--small-layers", type=int, default=2)
+    ap.add_argument("--large-hidden", type=int, default=192)
+    ap.add_argument("--large-layers", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    res = asyncio.run(bench(args))
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"rollout benchmark ({args.engine}): {res['trajectories']} trajectories, {res['steps']} steps, "
+              f"escalation {res['escalation_rate']:.0%}")
+        print(f"  routed: {res['routed_tokens']} tokens in {res['routed_wall_s']:.2f} s = "
+              f"{res['routed_tokens_per_s']:.0f} tok/s")
+        print(f"  plain : {res['plain_tokens']} tokens in {res['plain_wall_s']:.2f} s = "
+              f"{res['plain_tokens_per_s']:.0f} tok/s")
+        print(f"  ratio routed/plain = {res['ratio']:.2f}  (target >= 0.8)")
+        print(f"  time split: {json.dumps(res['time_split'])}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
