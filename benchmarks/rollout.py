@@ -9,7 +9,8 @@ timed), interleaved ``--repeats`` times; medians are reported. ``ratio`` = route
 
     python benchmarks/rollout.py --engine flax --json          # in-process Flax engines, no server
     python benchmarks/rollout.py --engine openai_server --small-url http://127.0.0.1:8001/v1 \\
-        --large-url http://127.0.0.1:8002/v1 --small-model toy-small --large-model toy-large --json
+        --large-url http://127.0.0.1:8002/v1 --small-model toy-small --large-model toy-large \\
+        --small-tokenizer models/toy-small --large-tokenizer models/toy-large --json
 
 With ``--engine flax`` and no ``--small-model/--large-model`` folders the models are synthetic step LMs
 (:func:`roro_jax.engines.flax_engine.synthetic_step_lm`: tiny Llamas of real per-token cost that write
@@ -93,8 +94,11 @@ def server_engines(args):
         from roro_jax.engines import make_engine
     except ImportError as e:
         raise SystemExit(f"the openai_server engine is not available in this tree ({e})") from e
-    small = make_engine("openai_server", urls=args.small_url.split(","), model=args.small_model, name="small")
-    large = make_engine("openai_server", urls=args.large_url.split(","), model=args.large_model, name="large")
+    small = make_engine("openai_server", model=args.small_model, endpoints=args.small_url.split(","),
+                        tokenizer_path=args.small_tokenizer)
+    large = make_engine("openai_server", model=args.large_model, endpoints=args.large_url.split(","),
+                        tokenizer_path=args.large_tokenizer)
+    small.name, large.name = "small", "large"  # record labels (time split keys)
     return small, large
 
 
@@ -223,6 +227,8 @@ def parse_args(argv=None):
     ap.add_argument("--small-url"), ap.add_argument("--large-url")
     ap.add_argument("--small-model", help="flax: HF folder; openai_server: served model name")
     ap.add_argument("--large-model", help="flax: HF folder; openai_server: served model name")
+    ap.add_argument("--small-tokenizer", help="openai_server: tokenizer folder of the small model")
+    ap.add_argument("--large-tokenizer", help="openai_server: tokenizer folder of the large model")
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-steps", type=int, default=6)
