@@ -2,7 +2,7 @@
 
 Commands (run with any Python 3.11; only ``make-tiny`` needs torch + transformers)::
 
-    python scripts/serve_vllm.py serve MODEL_DIR --port 8000           # foreground (Ctrl-C stops it)
+    python scripts/serve_vllm.py serve MODEL_DIR --port 8000 [-- VLLM_ARGS...]  # foreground
     python scripts/serve_vllm.py start MODEL_DIR --port 8000 --run-dir D   # background, returns when ready
     python scripts/serve_vllm.py stop --run-dir D [--port 8000]           # stop what ``start`` started
     python scripts/serve_vllm.py make-tiny OUT_DIR [--seed 0]            # tiny random toy-tokenizer Llama
@@ -13,7 +13,9 @@ model. The served model name is the folder's name unless ``--name`` is given.
 
 The server is kept small for a shared 2-core machine: ``--max-model-len`` (default 1024), a KV cache of
 ``--kv-gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``, default 1), ``--max-num-seqs`` (default 32), float32 weights
-by default (so log-probs can be compared with the Flax model), and it binds 127.0.0.1 only.
+by default (so log-probs can be compared with the Flax model), ``--optimization-level 0`` by default (no
+torch.compile warm-up: a tiny model starts in well under a minute instead of several), and it binds
+127.0.0.1 only.
 
 The Python API (:class:`VLLMServer`) is what the integration tests use to start, kill and restart servers.
 ``start`` puts the server in its own process group and writes ``<run-dir>/vllm-<port>.pid`` so that
@@ -71,7 +73,7 @@ class VLLMServer:
 
     def __init__(self, model: str | os.PathLike, port: int, *, venv: str | os.PathLike | None = None,
                  name: str | None = None, max_model_len: int = 1024, kv_gib: int = 1, max_num_seqs: int = 32,
-                 dtype: str = "float32", seed: int = 0, log: str | os.PathLike | None = None,
+                 dtype: str = "float32", seed: int = 0, opt_level: int | None = 0, log: str | os.PathLike | None = None,
                  run_dir: str | os.PathLike | None = None, extra_args: tuple[str, ...] = ()):
         self.model = Path(model).resolve()
         if not (self.model / "config.json").exists():
@@ -81,6 +83,7 @@ class VLLMServer:
         self.name = name or self.model.name
         self.max_model_len, self.kv_gib, self.max_num_seqs = max_model_len, kv_gib, max_num_seqs
         self.dtype, self.seed, self.extra_args = dtype, seed, tuple(extra_args)
+        self.opt_level = opt_level
         self.run_dir = Path(run_dir) if run_dir else None
         self.log = Path(log) if log else ((self.run_dir or Path("/tmp")) / f"vllm-{self.port}.log")
         self.proc: subprocess.Popen | None = None
@@ -102,6 +105,7 @@ class VLLMServer:
                 "--served-model-name", self.name, "--dtype", self.dtype,
                 "--max-model-len", str(self.max_model_len), "--max-num-seqs", str(self.max_num_seqs),
                 "--seed", str(self.seed), "--disable-log-stats", "--uvicorn-log-level", "warning",
+                *(["--optimization-level", str(self.opt_level)] if self.opt_level is not None else []),
                 *self.extra_args]
 
     def env(self) -> dict[str, str]:
@@ -342,16 +346,22 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--max-num-seqs", type=int, default=32)
         p.add_argument("--dtype", default="float32")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--opt-level", type=int, default=0,
+                       help="vLLM --optimization-level (0: no torch.compile, fastest start; -1: vLLM's default)")
         p.add_argument("--run-dir")
         p.add_argument("--log")
         p.add_argument("--timeout", type=float, default=300)
-        p.add_argument("extra", nargs="*", help="extra `vllm serve` arguments (after --)")
     p = sub.add_parser("stop")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--port", type=int)
     p = sub.add_parser("make-tiny")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:  # everything after `--` goes to `vllm serve` as is
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
     args = ap.parse_args(argv)
 
     if args.cmd == "make-tiny":
@@ -362,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     srv = VLLMServer(args.model, args.port, venv=args.venv, name=args.name, max_model_len=args.max_model_len,
                      kv_gib=args.kv_gib, max_num_seqs=args.max_num_seqs, dtype=args.dtype, seed=args.seed,
-                     log=args.log, run_dir=args.run_dir, extra_args=tuple(args.extra))
+                     opt_level=None if args.opt_level < 0 else args.opt_level, log=args.log, run_dir=args.run_dir, extra_args=tuple(extra))
     if args.cmd == "serve":
         os.execve(srv.command()[0], srv.command(), srv.env())
     t0 = time.time()

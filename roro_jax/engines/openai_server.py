@@ -135,9 +135,23 @@ class _TokenizerMixin:
             self._tok = load_tokenizer(self.tokenizer_path)
         return self._tok
 
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of ``text`` (no BOS/special tokens unless ``add_special_tokens``)."""
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` as the model sees a prompt (the tokenizer's special tokens, e.g. a Llama
+        BOS, added; ``add_special_tokens=False`` for a bare fragment). The rollout encodes whole prefixes
+        (prompt + kept steps) with this, as with the ``flax`` engine."""
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    @property
+    def tokenizer_key(self) -> str:
+        """A fingerprint of the tokenizer (same recipe as the ``flax`` engine's): engines with equal keys
+        encode any text to the same ids, so the rollout computes a prefix's ids once for them."""
+        if getattr(self, "_tokenizer_key", None) is None:
+            import hashlib
+
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            blob = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
+            self._tokenizer_key = hashlib.sha1(blob.encode()).hexdigest()
+        return self._tokenizer_key
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -401,7 +415,7 @@ def _parse_token_key(key: str, engine: _TokenizerMixin | None) -> int:
             raise ValueError(f"bad token key {key!r}") from None
     if engine is None or not engine.tokenizer_path:
         raise ValueError(f"token key {key!r} is not 'token_id:N' and there is no tokenizer to map it")
-    ids = engine.encode(key)
+    ids = engine.encode(key, add_special_tokens=False)
     if len(ids) != 1:
         raise ValueError(f"token string {key!r} does not map to one token id ({ids})")
     return ids[0]

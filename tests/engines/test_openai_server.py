@@ -213,7 +213,12 @@ def test_token_strings_mapped_through_tokenizer(tmp_path):
         [r] = run(eng, [StepRequest([1])], SamplingParams(max_tokens=8, logprobs=2))
     np.testing.assert_array_equal(r.meta["top_ids"], [[a, tok.convert_tokens_to_ids("z")],
                                                       [b, tok.convert_tokens_to_ids("y")]])
-    assert eng.decode(eng.encode("ab\n\n")) == "ab\n\n" and eng.encode("ab") == [a, b]
+    assert eng.decode(eng.encode("ab\n\n")) == "ab\n\n"
+    assert eng.encode("ab") == [tok.bos_token_id, a, b] and eng.encode("ab", add_special_tokens=False) == [a, b]
+    from roro_jax.engines.flax_engine import FlaxEngine  # same fingerprint recipe: prefix ids are shared
+
+    assert eng.tokenizer_key == FlaxEngine.tokenizer_key.fget(type("E", (), {"tokenizer": tok,
+                                                                              "_tokenizer_key": None})())
 
 
 # ----------------------------------------------------------------------------- retries and errors
