@@ -1,0 +1,181 @@
+"""The jitted KV-cache sampler: stopping, per-row settings, seeds, filtering, log-probs, bucketing."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from roro_jax.models import from_pretrained
+from roro_jax.models.sampler import Sampler, SamplingParams, bucket
+from roro_jax.models.score import token_logprobs
+
+from lm_testkit import jitted_logits
+
+GREEDY = dict(temperature=0.0, ignore_eos=True, logprobs=4)
+
+
+@pytest.fixture(scope="module")
+def setup(hf_folder):
+    model, tokenizer = from_pretrained(hf_folder("llama")[0])
+    # One prompt bucket (32) for every test, so the whole module compiles three loops (batch 1, 4, 256).
+    return model, tokenizer, Sampler(model, tokenizer, min_prompt_bucket=32)
+
+
+def prompts_for(tokenizer):
+    return [tokenizer.encode(t) for t in ("The cat sat", "Once upon a time,", "2+2=")]
+
+
+def test_bucket():
+    assert [bucket(n) for n in (0, 1, 2, 3, 5, 16, 17)] == [1, 1, 2, 4, 8, 16, 32]
+    assert bucket(3, 16) == 16
+
+
+def test_greedy_logprobs_agree_with_scoring(setup):
+    model, tokenizer, sampler = setup
+    prompts = prompts_for(tokenizer)
+    outs = sampler.generate(prompts, SamplingParams(max_new_tokens=20, **GREEDY))
+    width = max(len(p) for p in prompts) + 20
+    seqs = np.zeros((len(prompts), width), np.int32)
+    masks = np.zeros((len(prompts), width), bool)
+    for i, (prompt, out) in enumerate(zip(prompts, outs)):
+        row = prompt + out.token_ids
+        seqs[i, :len(row)], masks[i, :len(row)] = row, True
+    scored_all = np.asarray(nnx.jit(token_logprobs)(model, jnp.asarray(seqs), jnp.asarray(masks)))
+    for i, (prompt, out) in enumerate(zip(prompts, outs)):
+        assert out.finish_reason == "length" and len(out.token_ids) == 20
+        assert out.top_ids.shape == (20, 4) and out.top_logprobs.shape == (20, 4)
+        np.testing.assert_array_equal(out.top_ids[:, 0], out.token_ids)  # greedy = top-1
+        np.testing.assert_allclose(out.logprobs, out.top_logprobs[:, 0], atol=1e-6)
+        assert np.all(np.diff(out.top_logprobs, axis=1) <= 0)
+        scored = scored_all[i, len(prompt):len(prompt) + 20]
+        np.testing.assert_allclose(out.logprobs, scored, atol=1e-4)
+
+
+def _first_completion(texts, tokens, stop):
+    acc = ""
+    for i, tok in enumerate(tokens):
+        acc += texts[tok]
+        if stop in acc:
+            return i
+    return None
+
+
+def test_stop_string_across_token_boundaries(setup):
+    model, tokenizer, sampler = setup
+    prompt = prompts_for(tokenizer)[1]
+    ref = sampler.generate([prompt], SamplingParams(max_new_tokens=32, **GREEDY))[0]
+    texts = {i: tokenizer.decode([i]) if i > 2 else "" for i in range(model.config.vocab_size)}
+    j = next(j for j in range(3, 30) if texts[ref.token_ids[j]] and texts[ref.token_ids[j + 1]])
+    stop = texts[ref.token_ids[j]] + texts[ref.token_ids[j + 1]]  # two char tokens: spans a boundary
+    k = _first_completion(texts, ref.token_ids, stop)
+    for include in (True, False):
+        out = sampler.generate([prompt], SamplingParams(max_new_tokens=32, stop=(stop,),
+                                                        include_stop_str_in_output=include, **GREEDY))[0]
+        assert out.finish_reason == "stop" and out.stop_str == stop
+        assert out.token_ids == ref.token_ids[:k + 1]
+        full = tokenizer.decode(ref.token_ids[:k + 1], skip_special_tokens=True)
+        at = full.find(stop)
+        assert out.text == (full[:at + len(stop)] if include else full[:at])
+
+
+def test_stop_token_and_eos(setup):
+    model, tokenizer, sampler = setup
+    prompt = prompts_for(tokenizer)[0]
+    ref = sampler.generate([prompt], SamplingParams(max_new_tokens=32, **GREEDY))[0]
+    tok = ref.token_ids[6]
+    first = ref.token_ids.index(tok)
+    out = sampler.generate([prompt], SamplingParams(max_new_tokens=32, stop_token_ids=(tok,), **GREEDY))[0]
+    assert out.finish_reason == "stop" and out.token_ids == ref.token_ids[:first + 1]
+    saved = sampler.eos_token_ids
+    try:
+        sampler.eos_token_ids = (tok,)
+        eos = sampler.generate([prompt], SamplingParams(max_new_tokens=32, temperature=0.0, logprobs=4))[0]
+        assert eos.finish_reason == "eos" and eos.token_ids == ref.token_ids[:first + 1]
+        ignored = sampler.generate([prompt], SamplingParams(max_new_tokens=32, **GREEDY))[0]
+        assert ignored.token_ids == ref.token_ids
+    finally:
+        sampler.eos_token_ids = saved
+
+
+def test_per_row_settings_and_no_recompilation(setup):
+    model, tokenizer, sampler = setup
+    prompts = prompts_for(tokenizer)
+    limits = [3, 7, 20]
+    sampler.generate(prompts, SamplingParams(max_new_tokens=20, **GREEDY))
+    compiles = sampler.num_compiles
+    batch = sampler.generate(prompts, [SamplingParams(max_new_tokens=n, **GREEDY) for n in limits])
+    assert [len(o.token_ids) for o in batch] == limits
+    full = sampler.generate(prompts, SamplingParams(max_new_tokens=20, **GREEDY))
+    for o, f, n in zip(batch, full, limits):
+        assert o.token_ids == f.token_ids[:n]
+    # other prompt lengths, sizes and settings inside the same buckets reuse the compiled loop
+    sampler.generate([prompts[0][:5], prompts[1], prompts[2][:2], prompts[1][:9]],
+                     [SamplingParams(max_new_tokens=n, temperature=t, top_p=0.9, top_k=5, seed=s, logprobs=3)
+                      for n, t, s in ((17, 0.5, 1), (32, 1.0, 2), (9, 0.0, 3), (25, 2.0, 4))])
+    assert sampler.num_compiles == compiles
+
+
+def test_seeds_are_reproducible_and_batch_independent(setup):
+    model, tokenizer, sampler = setup
+    prompts = prompts_for(tokenizer)
+    sp = [SamplingParams(max_new_tokens=24, temperature=1.0, seed=s, ignore_eos=True, logprobs=4)
+          for s in (11, 12, 13)]
+    a = sampler.generate(prompts, sp)
+    b = sampler.generate([prompts[0], prompts[2], prompts[1]], [sp[0], sp[2], sp[1]])
+    assert a[0].token_ids == b[0].token_ids and a[1].token_ids == b[2].token_ids
+    other = sampler.generate([prompts[0]] * 3, [sp[0], SamplingParams(**{**sp[0].__dict__, "seed": 99}), sp[1]])
+    assert other[0].token_ids == a[0].token_ids
+    assert other[1].token_ids != a[0].token_ids
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(setup):
+    model, tokenizer, sampler = setup
+    prompts = prompts_for(tokenizer)
+    greedy = sampler.generate(prompts, SamplingParams(max_new_tokens=20, **GREEDY))
+    topk1 = sampler.generate(prompts, SamplingParams(max_new_tokens=20, temperature=1.5, top_k=1, seed=5,
+                                                     ignore_eos=True, logprobs=4))
+    tiny_p = sampler.generate(prompts, SamplingParams(max_new_tokens=20, temperature=1.5, top_p=1e-6, seed=5,
+                                                      ignore_eos=True, logprobs=4))
+    for g, k, p in zip(greedy, topk1, tiny_p):
+        assert g.token_ids == k.token_ids == p.token_ids
+
+
+def test_sampling_follows_the_filtered_distribution(setup):
+    model, tokenizer, sampler = setup
+    prompt = prompts_for(tokenizer)[2]
+    n = 256
+    logits = jitted_logits(model, np.asarray([prompt]))[0, -1] / 0.7
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+
+    def first_tokens(**kw):
+        outs = sampler.generate([prompt] * n, [SamplingParams(max_new_tokens=1, seed=s, temperature=0.7, **kw)
+                                               for s in range(n)])
+        return np.array([o.token_ids[0] for o in outs])
+
+    free = first_tokens()
+    counts = np.bincount(free, minlength=len(probs)) / n
+    top = order[:3]
+    assert np.all(np.abs(counts[top] - probs[top]) < 4 * np.sqrt(probs[top] * (1 - probs[top]) / n) + 1e-3)
+    k3 = first_tokens(top_k=3)
+    assert set(k3) <= set(top) and len(set(k3)) == 3
+    mass = np.cumsum(probs[order])
+    nucleus = set(order[:int(np.searchsorted(mass, 0.5)) + 1])
+    assert set(first_tokens(top_p=0.5)) <= nucleus
+
+
+def test_text_prompts_and_bad_input(setup):
+    model, tokenizer, sampler = setup
+    out = sampler.generate(["The cat sat"], SamplingParams(max_new_tokens=4, **GREEDY))[0]
+    ids = sampler.generate([tokenizer.encode("The cat sat")], SamplingParams(max_new_tokens=4, **GREEDY))[0]
+    assert out.token_ids == ids.token_ids and out.text == tokenizer.decode(ids.token_ids, skip_special_tokens=True)
+    with pytest.raises(ValueError, match="empty prompt"):
+        sampler.generate([[]])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        sampler.generate([[5, 100000]])
+    with pytest.raises(ValueError, match="logprobs=21"):
+        SamplingParams(logprobs=21)
