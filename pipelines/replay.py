@@ -94,7 +94,16 @@ def _point(world: ReplayWorld, idx, actions, method, *, role="method", param=Non
         estimate_note=f"mixed-route outcomes estimated by the '{world.outcome_rule}' rule")
 
 
-def baseline_points(world: ReplayWorld, idx: np.ndarray, cfg) -> list[CurvePoint]:
+def fit_steer(world: ReplayWorld, train_idx: np.ndarray):
+    """STEER's two-component mixture over the small model's step confidences (PRM scores) of the
+    training episodes."""
+    from roro_jax.router.baselines import fit_gmm2
+
+    scores = np.concatenate([world.small_prm[i, :world.n_small[i]] for i in train_idx])
+    return fit_gmm2(scores)
+
+
+def baseline_points(world: ReplayWorld, idx: np.ndarray, cfg, gmm=None) -> list[CurvePoint]:
     T = world.max_steps
     n = len(idx)
     pts = [_point(world, idx, np.zeros((n, T), np.int8), "SRM-only", role="srm"),
@@ -106,6 +115,12 @@ def baseline_points(world: ReplayWorld, idx: np.ndarray, cfg) -> list[CurvePoint
     thr = world.threshold_actions(cfg.sweep.thresholds)[:, idx]
     for th, a in zip(cfg.sweep.thresholds, thr):
         pts.append(_point(world, idx, a, "TRIM-Thr", param=th, param_name="prm_threshold"))
+    if gmm is not None:
+        from roro_jax.router.baselines import SteerPolicy, replay_policy
+
+        for gamma in cfg.sweep.gammas:
+            actions, _, _ = world.rollout(replay_policy(SteerPolicy(gmm, gamma), seed=cfg.seed), idx)
+            pts.append(_point(world, idx, actions, "STEER", param=gamma, param_name="gamma"))
     return pts
 
 
@@ -113,7 +128,8 @@ def run_replay(cfg, *, progress: bool = True) -> dict:
     """Train the λ_c sweep of routers and evaluate every method on the held-out sets; write reports."""
     out = Path(cfg.out_dir)
     world = make_world(cfg)
-    _, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.replay.split_seed)
+    train_idx, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.replay.split_seed)
+    gmm = fit_steer(world, train_idx)
     learners = {}
     for lam in cfg.sweep.lambda_c:
         run_cfg = dataclasses.replace(
@@ -126,7 +142,7 @@ def run_replay(cfg, *, progress: bool = True) -> dict:
         test_sets[Path(name).stem] = (w, np.arange(len(w)))
     results = {}
     for name, (w, idx) in test_sets.items():
-        pts = baseline_points(w, idx, cfg)
+        pts = baseline_points(w, idx, cfg, gmm)
         rng = np.random.default_rng(cfg.seed)
         for lam, learner in learners.items():
             actions, _, _, _ = sample_actions(learner, learner.params, w, idx, rng, greedy=True)

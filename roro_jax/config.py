@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from roro_jax.eval.config import EvalConfig
 from roro_jax.pairs import PairsConfig
+from roro_jax.rollout import RolloutConfig
 
 
 class ConfigError(ValueError):
@@ -103,12 +104,25 @@ class ReplayConfig:
 
 
 @dataclass
+class ToyWorldConfig:
+    """The embedded toy world: the shipped toy models (``roro_jax/assets/toy``) on toy arithmetic."""
+
+    train_problems: int = 512  # pool of training problems (train split)
+    test_problems: int = 200  # held-out problems (test split) for evaluation
+    explore_problems: int = 96  # problems routed by the exploratory policies (stage 1: pairs)
+    queries_per_update: int = 16
+    problem_seed: int = 0
+    max_batch: int = 64  # Flax engine batch
+
+
+@dataclass
 class SweepConfig:
     """Operating-point sweeps for evaluation."""
 
     lambda_c: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.8])
     random_rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    gammas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])  # STEER
     seeds: list[int] = field(default_factory=lambda: [0])
 
 
@@ -125,6 +139,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

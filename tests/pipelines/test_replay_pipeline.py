@@ -65,7 +65,7 @@ def test_replay_pipeline_writes_labelled_reports(episodes, tmp_path):
     cfg = cfg_for(episodes, tmp_path)
     res = run_replay(cfg, progress=False)
     report = res["math500_heldout"]["report"].read_text()
-    assert "estimate" in report and "GRPO outcome-only" in report and "TRIM-Thr" in report
+    assert "estimate" in report and "GRPO outcome-only" in report and "TRIM-Thr" in report and "STEER" in report
     assert res["math500_heldout"]["plot"].stat().st_size > 10_000
     log = (tmp_path / "router_lc0.1" / "metrics.jsonl").read_text().splitlines()
     assert len(log) == 3 and "reward/cost" in json.loads(log[0])

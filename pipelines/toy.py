@@ -1,0 +1,116 @@
+"""The toy world's stages: engines, exploratory collection, router GRPO through the rollout, evaluation.
+
+Everything runs for real on a CPU: the shipped toy models (``roro_jax/assets/toy``) generate every step
+through the Flax engine, the rollout routes them, the grader checks the answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from roro_jax.engines.flax_engine import FlaxEngine
+from roro_jax.eval.records import CurvePoint, point_from_trajectories
+from roro_jax.rl.trainer import RouterLearner, run_training, score_trajectories
+from roro_jax.rollout import rollout_sync
+from roro_jax.router.features import get_family
+from roro_jax.router.policies import ConstantPolicy, Policy, RouterPolicy
+from roro_jax.store import TrajectoryStore
+from roro_jax.tasks import toy
+from roro_jax.types import ESCALATE, KEEP, Trajectory, pad_trajectories
+from roro_jax.worlds.toy import toy_model_dir, toy_task_config
+
+ProcessFn = Callable[[Sequence[Trajectory]], np.ndarray]  # trajectories -> process score in [0, 1] each
+
+
+@dataclasses.dataclass
+class ToyEngines:
+    small: FlaxEngine
+    large: FlaxEngine
+
+
+def make_engines(cfg) -> ToyEngines:
+    return ToyEngines(FlaxEngine(toy_model_dir("small"), max_batch=cfg.toy.max_batch, name="toy-small"),
+                      FlaxEngine(toy_model_dir("large"), max_batch=cfg.toy.max_batch, name="toy-large"))
+
+
+def train_problems(cfg) -> list:
+    return toy.generate(cfg.toy.train_problems, toy_task_config(), seed=cfg.toy.problem_seed, split="train")
+
+
+def test_problems(cfg) -> list:
+    return toy.generate(cfg.toy.test_problems, toy_task_config(), seed=cfg.toy.problem_seed, split="test")
+
+
+def route(cfg, engines: ToyEngines, problems, policy: Policy, *, group_size: int = 1, seed: int = 0,
+          store=None) -> list[Trajectory]:
+    return rollout_sync(problems, engines.small, engines.large, policy, cfg.rollout, group_size=group_size,
+                        seed=seed, store=store, feature_family=cfg.router.features)
+
+
+def collect_exploration(cfg, engines: ToyEngines, policies: Sequence[Policy], problems, out: Path,
+                        *, progress: bool = True) -> list[Trajectory]:
+    """Stage 1: route ``problems`` with every exploratory policy into ``out/trajectories.jsonl`` (resumable)."""
+    from tqdm.auto import tqdm
+
+    store = TrajectoryStore(out / "trajectories.jsonl")
+    for pol in tqdm(policies, desc="exploration", disable=not progress):
+        route(cfg, engines, problems, pol, seed=cfg.seed, store=store)
+    return list(store.iter())
+
+
+# ------------------------------------------------------------------------------------ router GRPO ---
+def make_collect(learner: RouterLearner, engines: ToyEngines, problems, cfg, process_fn: ProcessFn | None = None):
+    """``collect(params, key, k)``: route ``queries_per_update`` training problems × G samples with the
+    current (sampling) router through the Flax engines, score and pad them into a GRPO batch."""
+    G, Q, T = cfg.grpo.group_size, cfg.toy.queries_per_update, cfg.rollout.max_steps
+    weights = dict(cfg.reward.weights)
+    if weights.get("process", 0.0) and process_fn is None:
+        raise ValueError("reward.weights.process > 0 needs a process scorer (the Judge of the rubric stage)")
+
+    def collect(params, key, k):
+        rng = np.random.default_rng((cfg.seed, k))
+        qs = [problems[i] for i in rng.choice(len(problems), size=min(Q, len(problems)), replace=False)]
+        policy = RouterPolicy(learner, params, policy_id="router")
+        trajs = route(cfg, engines, qs, policy, group_size=G, seed=int(rng.integers(2**31)))
+        arrays = pad_trajectories(trajs, max_steps=T, n_features=get_family(cfg.router.features).dim)
+        rb = {"correct": np.array([float(bool(t.correct)) for t in trajs], np.float32),
+              "large_share": np.array([t.large_share for t in trajs], np.float32),
+              "escalation_rate": np.array([t.n_escalations / max(len(t.steps), 1) for t in trajs], np.float32)}
+        if weights.get("process", 0.0):
+            rb["process"] = np.asarray(process_fn(trajs), np.float32)
+        rewards, terms, adv = score_trajectories(rb, cfg)
+        batch = {"features": arrays["features"], "actions": arrays["actions"], "old_logp": arrays["logp"],
+                 "mask": arrays["mask"], "advantages": np.asarray(adv)}
+        info = {"reward": float(np.mean(rewards)), "accuracy": float(rb["correct"].mean()),
+                "large_share": float(rb["large_share"].mean()),
+                "escalation_rate": float(rb["escalation_rate"].mean()),
+                **{f"reward/{n}": float(np.mean(v)) for n, v in terms.items()}}
+        return batch, info
+
+    return collect
+
+
+def train_router_toy(cfg, engines: ToyEngines | None = None, *, process_fn: ProcessFn | None = None,
+                     resume: bool = True, stop_after: int | None = None, progress: bool = True, desc=None):
+    engines = engines or make_engines(cfg)
+    learner = RouterLearner(cfg, get_family(cfg.router.features).dim)
+    hist = run_training(learner, make_collect(learner, engines, train_problems(cfg), cfg, process_fn), cfg,
+                        resume=resume, stop_after=stop_after, progress=progress, desc=desc or "router GRPO (toy)")
+    return learner, hist
+
+
+# ------------------------------------------------------------------------------------- evaluation ---
+def evaluate_policy(cfg, engines: ToyEngines, problems, policy: Policy, method: str, *, param=None,
+                    param_name: str = "", role: str = "method") -> CurvePoint:
+    trajs = route(cfg, engines, problems, policy, seed=cfg.seed + 777)
+    return point_from_trajectories(method, trajs, param=param, param_name=param_name, role=role,
+                                   small_params=engines.small.n_params, large_params=engines.large.n_params)
+
+
+def endpoint_points(cfg, engines: ToyEngines, problems) -> list[CurvePoint]:
+    return [evaluate_policy(cfg, engines, problems, ConstantPolicy(KEEP), "SRM-only", role="srm"),
+            evaluate_policy(cfg, engines, problems, ConstantPolicy(ESCALATE), "LRM-only", role="lrm")]
