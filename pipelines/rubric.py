@@ -8,7 +8,7 @@ preference pairs (``cfg`` is a :class:`~roro_jax.rubric.RubricConfig`, or a proj
 (b) the no-rubric Judge (same backbone and number of Judge steps),
 (c) the rubric Judge after each phase of each alternating round, with the gate's decisions.
 
-``replay_pairs(...)`` builds the replay world's exploratory trajectories and pairs;
+``replay_pairs(...)`` / ``toy_pairs(...)`` build the replay / toy world's exploratory trajectories and pairs;
 ``python -m pipelines.rubric --world replay --seeds 0 1 2 --json out.json`` runs the experiment and
 prints the results table (markdown).
 """
@@ -45,6 +45,25 @@ def replay_pairs(episodes=None, *, pairs_cfg: PairsConfig | None = None, seed: i
         trajs += world.trajectories(actions, policy_id=pol.policy_id, seed=seed)
     pairs = build_pairs(trajs, pairs_cfg or PairsConfig(max_per_kind=6), seed=seed)
     return trajs, pairs, {e.id: e.query for e in world.episodes}
+
+
+def toy_pairs(n_problems: int = 64, *, pairs_cfg: PairsConfig | None = None, seed: int = 0, rollout_cfg=None
+              ) -> tuple[list[Trajectory], list[PreferencePair], dict[str, str]]:
+    """Toy-world trajectories of the exploration suite (the shipped tiny SRM/LRM through the stepwise
+    rollout with the Flax engine; ``n_problems`` held-out toy problems, one sample per policy), their
+    pairs and the query texts. Then ``run_rubric_stage(cfg, *toy_pairs())`` gives the toy-world results."""
+    from roro_jax.engines.flax_engine import FlaxEngine
+    from roro_jax.rollout import RolloutConfig, rollout_sync
+    from roro_jax.router.exploration import ExplorationConfig, exploration_suite
+    from roro_jax.worlds.toy import toy_heldout, toy_model_dir
+
+    problems = toy_heldout(n_problems, seed=seed)
+    small, large = FlaxEngine(str(toy_model_dir("small"))), FlaxEngine(str(toy_model_dir("large")))
+    trajs: list[Trajectory] = []
+    for pol in exploration_suite(ExplorationConfig(seed=seed)):
+        trajs += rollout_sync(problems, small, large, pol, rollout_cfg or RolloutConfig(), seed=seed)
+    pairs = build_pairs(trajs, pairs_cfg or PairsConfig(max_per_kind=6), seed=seed)
+    return trajs, pairs, {str(p.id): p.question for p in problems}
 
 
 def _rubric_cfg(cfg) -> RubricConfig:
@@ -90,7 +109,8 @@ def _ms(xs) -> str:
 
 def results_table(runs: Sequence[dict[str, Any]], world: str) -> str:
     """Markdown table over seeds: mean ± sample std of held-out (test-query) pairwise accuracy."""
-    kinds = sorted({k[4:] for r in runs for k in r["process_quality"]["test"] if k.startswith("acc_")})
+    kinds = sorted({k[4:] for r in runs for k in r["process_quality"]["test"] if k.startswith("acc_")} - {"macro"})
+    kinds.append("macro")
     head = "| scorer | " + " | ".join(["all"] + kinds) + " | gate decisions (per seed) |"
     lines = [f"**{world} world**, {len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}); test split: "
              f"{runs[0]['split']['test']['pairs']} pairs over {runs[0]['split']['test']['queries']} held-out queries "
@@ -126,18 +146,27 @@ def jsonable(res: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--world", default="replay", choices=["replay"])
+    ap.add_argument("--world", default="replay", choices=["replay", "toy"])
+    ap.add_argument("--toy-problems", type=int, default=64)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", default=None, help="write all runs as JSON here")
     ap.add_argument("--out-dir", default=None, help="gate logs + checkpoints under <out-dir>/seed<k>")
     ap.add_argument("--set", nargs="*", default=[], help="overrides key=value of RubricConfig (dotted)")
+    ap.add_argument("--from-json", nargs="*", default=None,
+                    help="only print the table of the runs stored in these JSON files (from --json)")
     args = ap.parse_args(argv)
     from omegaconf import OmegaConf
+
+    if args.from_json:
+        runs = [r for path in args.from_json for r in json.load(open(path))["runs"]]
+        table = results_table(runs, args.world)
+        print(table)
+        return {"world": args.world, "runs": runs, "table": table}
 
     base = OmegaConf.structured(RubricConfig)
     if args.set:
         base = OmegaConf.merge(base, OmegaConf.from_dotlist(args.set))
-    trajs, pairs, queries = replay_pairs()
+    trajs, pairs, queries = replay_pairs() if args.world == "replay" else toy_pairs(args.toy_problems)
     runs = []
     for s in args.seeds:
         rc = OmegaConf.to_object(base)

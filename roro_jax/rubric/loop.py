@@ -129,10 +129,12 @@ def accuracy_report(correct: np.ndarray, pairs: Sequence[PreferencePair]) -> dic
     """Overall and per-kind pairwise accuracy."""
     c = np.asarray(correct, bool)
     out = {"acc": float(c.mean()) if c.size else math.nan, "n": int(c.size)}
-    for kind in sorted({p.kind for p in pairs}):
+    kinds = sorted({p.kind for p in pairs})
+    for kind in kinds:
         m = np.array([p.kind == kind for p in pairs])
         out[f"acc_{kind}"] = float(c[m].mean())
         out[f"n_{kind}"] = int(m.sum())
+    out["acc_macro"] = float(np.mean([out[f"acc_{k}"] for k in kinds])) if kinds else math.nan
     return out
 
 

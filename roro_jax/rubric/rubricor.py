@@ -57,7 +57,7 @@ class RubricorConfig:
     max_new_tokens: int = 160
     reward: str = "accuracy"  # accuracy | margin
     reward_pairs: int = 6  # training pairs of the query used per reward (subsampled)
-    malformed_reward: float = -1.0
+    malformed_reward: float = -1.5
     target_chars: int = 160
     length_penalty: float = 0.0
 
@@ -75,25 +75,29 @@ def _margin(sp, sr):
 
 
 REWARDS: dict[str, Callable] = {"accuracy": _acc, "margin": _margin}
+REWARD_FLOOR: dict[str, float] = {"accuracy": 0.0, "margin": -1.0}  # least attainable value of each kind
 
 
 def rubric_reward(parsed: ParseResult, score_pref: Sequence[float] | None, score_rej: Sequence[float] | None, *,
-                  kind: str = "accuracy", malformed_reward: float = -1.0, target_chars: int = 160,
+                  kind: str = "accuracy", malformed_reward: float = -1.5, target_chars: int = 160,
                   length_penalty: float = 0.0) -> float:
     """Reward of one sampled rubric (pure).
 
-    Malformed: ``malformed_reward`` (callers pick it below every attainable reward: accuracy ∈ [0, 1],
-    margin ∈ [-1, 1]). Otherwise ``REWARDS[kind](s_pref, s_rej)`` (accuracy counts ties as 1/2; NaN
-    without pairs, which :func:`group_advantages` turns into advantage 0) minus ``length_penalty`` per
-    character of ``parsed.rubric.raw`` beyond ``target_chars``.
+    Well-formed: ``REWARDS[kind](s_pref, s_rej)`` (accuracy ∈ [0, 1] counts ties as 1/2; margin ∈ [-1, 1]
+    is the mean score difference; NaN without pairs, which :func:`group_advantages` turns into advantage
+    0) minus ``length_penalty`` per character of ``parsed.rubric.raw`` beyond ``target_chars``, never
+    below the kind's floor (:data:`REWARD_FLOOR`). Malformed: ``malformed_reward``, which must lie below
+    the floor, so a malformed rubric always gets the lowest reward.
     """
-    if not parsed.ok:
-        return float(malformed_reward)
     if kind not in REWARDS:
         raise KeyError(f"unknown Rubricor reward {kind!r}; known: {sorted(REWARDS)}")
+    if not malformed_reward < REWARD_FLOOR[kind]:
+        raise ValueError(f"malformed_reward={malformed_reward} must be below the {kind} floor {REWARD_FLOOR[kind]}")
+    if not parsed.ok:
+        return float(malformed_reward)
     r = REWARDS[kind]([] if score_pref is None else score_pref, [] if score_rej is None else score_rej)
     extra = max(0, len(parsed.rubric.raw) - target_chars)
-    return r - length_penalty * extra
+    return max(r - length_penalty * extra, REWARD_FLOOR[kind]) if r == r else r
 
 
 # ------------------------------------------------------------------------------------------ model
