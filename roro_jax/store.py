@@ -148,6 +148,8 @@ class TrajectoryStore:
             self._indexed_to = 0
             return
         if fd is None:
+            if self._keys is not None and self.path.stat().st_size == self._indexed_to:
+                return  # nothing appended since the last look (the common case of `key in store`)
             with self._locked() as lfd:
                 return self._catch_up(lfd)
         size = os.fstat(fd).st_size

@@ -3,12 +3,17 @@
 ``vllm`` is imported when the engine is constructed, never at module import, so the rest of the package
 works without it (on this CPU machine vLLM lives in its own venv: ``scripts/setup_vllm_cpu.sh``).
 
-Each :meth:`VLLMOfflineEngine.generate` call is one ``LLM.generate`` over all its requests (vLLM batches
-them), with a per-request ``vllm.SamplingParams`` carrying the request's seed, the step delimiter as
-``stop`` with ``include_stop_str_in_output=True``, and ``logprobs=k``. It runs in a worker thread so the
-event loop stays free; calls are serialised by a lock (``LLM`` is not thread-safe), so concurrent
-``generate`` calls queue rather than interleave. Finish reasons and log-prob arrays follow
-:mod:`roro_jax.engines.openai_server` (shared helpers ``map_finish_reason`` and ``topk_arrays``).
+**Batching across callers.** The routing rollout asks for one step per trajectory at a time, from many
+coroutines. :meth:`VLLMOfflineEngine.generate` therefore only enqueues its requests and awaits them; one
+dispatcher task per event loop waits one loop tick (so every coroutine ready in the same tick has
+enqueued), takes up to ``max_batch`` pending requests and runs them as *one* ``LLM.generate`` call in a
+worker thread (the event loop stays free), each request with its own ``vllm.SamplingParams`` (its seed,
+the step delimiter as ``stop`` with ``include_stop_str_in_output=True``, ``logprobs=k``). Requests that
+arrive while a batch runs form the next batch. ``LLM`` calls are serialised by a lock (it is not
+thread-safe). If ``LLM.generate`` raises, every request of that batch gets the exception.
+
+Finish reasons and log-prob arrays follow :mod:`roro_jax.engines.openai_server` (shared helpers
+``map_finish_reason`` and ``topk_arrays``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class VLLMOfflineEngine(_TokenizerMixin):
       tokenizer_path: tokenizer for :meth:`encode`/:meth:`decode` (default: ``model``).
       n_params: parameter count for FLOPs (``None``: counted from the folder's safetensors, else 0).
       dtype, max_model_len, seed: passed to ``vllm.LLM``.
+      max_batch: most requests per ``LLM.generate`` call.
       llm_kwargs: any other ``vllm.LLM`` arguments (e.g. ``{"enforce_eager": True}``,
         ``{"tensor_parallel_size": 2}``).
     """
@@ -45,7 +51,7 @@ class VLLMOfflineEngine(_TokenizerMixin):
 
     def __init__(self, model: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None, *,
                  n_params: float | None = None, dtype: str = "auto", max_model_len: int | None = None,
-                 seed: int = 0, llm_kwargs: Mapping[str, Any] | None = None):
+                 seed: int = 0, max_batch: int = 256, llm_kwargs: Mapping[str, Any] | None = None):
         try:
             import vllm
         except ImportError as e:
@@ -65,6 +71,10 @@ class VLLMOfflineEngine(_TokenizerMixin):
             kw["max_model_len"] = max_model_len
         self.llm = vllm.LLM(**kw)
         self._lock = threading.Lock()
+        self.max_batch = int(max_batch)
+        self._pending: list[tuple[StepRequest, SamplingParams, asyncio.Future]] = []
+        self._dispatcher: asyncio.Task | None = None
+        self.stats = {"calls": 0, "batches": 0, "requests": 0}
         if not Path(self.tokenizer_path).exists():  # a hub name: use the engine's own tokenizer
             self._tok = self.llm.get_tokenizer()
 
@@ -76,20 +86,27 @@ class VLLMOfflineEngine(_TokenizerMixin):
             seed=int(req.seed), skip_special_tokens=True)
 
     def generate_sync(self, requests: Sequence[StepRequest], params: SamplingParams) -> list[StepResult]:
-        """The blocking form of :meth:`generate`."""
+        """The blocking form of :meth:`generate` (one ``LLM.generate`` call)."""
         _validate_params(params)
-        if not requests:
+        return self._run([(r, params) for r in requests])
+
+    def _run(self, items: Sequence[tuple[StepRequest, SamplingParams]]) -> list[StepResult]:
+        if not items:
             return []
-        prompts = [{"prompt_token_ids": [int(t) for t in r.prompt_ids]} for r in requests]
-        sps = [self._sampling(r, params) for r in requests]
+        if self.llm is None:
+            raise RuntimeError("VLLMOfflineEngine: the engine is closed")
+        prompts = [{"prompt_token_ids": [int(t) for t in r.prompt_ids]} for r, _ in items]
+        sps = [self._sampling(r, p) for r, p in items]
         t0 = time.perf_counter()
         with self._lock:
             outs = self.llm.generate(prompts, sps, use_tqdm=False)
         latency = time.perf_counter() - t0
-        if len(outs) != len(requests):
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(items)
+        if len(outs) != len(items):
             raise MalformedResponseError(f"vllm.LLM.generate returned {len(outs)} outputs for "
-                                         f"{len(requests)} prompts")
-        return [self._result(o, r, params, latency) for o, r in zip(outs, requests)]
+                                         f"{len(items)} prompts")
+        return [self._result(o, r, p, latency) for o, (r, p) in zip(outs, items)]
 
     def _result(self, out: Any, req: StepRequest, params: SamplingParams, latency: float) -> StepResult:
         c = out.outputs[0]
@@ -112,8 +129,38 @@ class VLLMOfflineEngine(_TokenizerMixin):
                   "top_ids": top_ids, "prompt_tokens": len(req.prompt_ids), "latency_s": latency})
 
     async def generate(self, requests: Sequence[StepRequest], params: SamplingParams) -> list[StepResult]:
-        """One step per request; the batch runs in a worker thread (the event loop stays free)."""
-        return await asyncio.to_thread(self.generate_sync, list(requests), params)
+        """One step per request, in order; merged with other callers' pending requests (module doc)."""
+        _validate_params(params)
+        if not requests:
+            return []
+        self.stats["calls"] += 1
+        loop = asyncio.get_running_loop()
+        futs = []
+        for r in requests:
+            fut = loop.create_future()
+            self._pending.append((r, params, fut))
+            futs.append(fut)
+        if self._dispatcher is None or self._dispatcher.done() or self._dispatcher.get_loop() is not loop:
+            self._dispatcher = loop.create_task(self._dispatch())
+        return list(await asyncio.gather(*futs))
+
+    async def _dispatch(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # let every coroutine that is ready in this tick enqueue first
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            batch = [b for b in batch if not b[2].done()]  # drop cancelled callers
+            if not batch:
+                continue
+            try:
+                results = await asyncio.to_thread(self._run, [(r, p) for r, p, _ in batch])
+            except Exception as e:  # noqa: BLE001 - handed to every waiting caller
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, _, fut), res in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(res)
 
     async def aclose(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

@@ -38,13 +38,14 @@ ids = eng.encode(prompt)
 
 async def main():
     try:
-        return await eng.generate([StepRequest(ids, seed=s, request_id=str(s)) for s in seeds],
-                                  SamplingParams(**params))
+        # one request per call, from concurrent coroutines (as the rollout does): merged into batches
+        one = lambda s: eng.generate([StepRequest(ids, seed=s, request_id=str(s))], SamplingParams(**params))
+        return [r for rs in await asyncio.gather(*(one(s) for s in seeds)) for r in rs]
     finally:
         await eng.aclose()
 
 rs = asyncio.run(main())
-print("RESULT " + json.dumps({"prompt_ids": ids, "n_params": eng.n_params, "results": [
+print("RESULT " + json.dumps({"prompt_ids": ids, "n_params": eng.n_params, "stats": eng.stats, "results": [
     {"token_ids": r.token_ids, "text": r.text, "finish_reason": r.finish_reason,
      "logprobs": r.logprobs.tolist(), "top_logprobs": r.top_logprobs.tolist()} for r in rs]}))
 """
@@ -52,9 +53,9 @@ print("RESULT " + json.dumps({"prompt_ids": ids, "n_params": eng.n_params, "resu
 
 def test_offline_engine_matches_server(vllm_python, model_dirs, engine_for, report):
     model = model_dirs["small"]
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "VIRTUAL_ENV", "VLLM_TARGET_DEVICE")}
     env.update(PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1",
-               HF_HUB_OFFLINE="1", VLLM_TARGET_DEVICE="cpu")
+               HF_HUB_OFFLINE="1")  # no VLLM_TARGET_DEVICE: the setup makes CPU detection work
     t0 = time.time()
     proc = subprocess.run([str(vllm_python), "-c", SCRIPT, str(model), json.dumps(PROMPT), json.dumps(SEEDS),
                            json.dumps(PARAMS)], env=env, capture_output=True, text=True, timeout=900,
@@ -64,6 +65,9 @@ def test_offline_engine_matches_server(vllm_python, model_dirs, engine_for, repo
     offline = json.loads(line[len("RESULT "):])
     report["vllm_offline_seconds"] = round(time.time() - t0, 1)
 
+    stats = offline["stats"]
+    assert stats["calls"] == len(SEEDS) and stats["requests"] == len(SEEDS)
+    assert stats["batches"] < len(SEEDS), stats  # concurrent single-request calls were batched
     eng = engine_for("small")
     assert offline["prompt_ids"] == eng.encode(PROMPT)
     assert offline["n_params"] == eng.n_params > 0
@@ -89,7 +93,8 @@ def test_offline_engine_matches_server(vllm_python, model_dirs, engine_for, repo
             assert o["text"] == s.text and o["finish_reason"] == s.finish_reason
             max_diff = max(max_diff, float(np.max(np.abs(np.asarray(o["logprobs"]) - s.logprobs))))
             np.testing.assert_allclose(np.asarray(o["top_logprobs"], np.float32), s.top_logprobs, atol=1e-4)
-    report["vllm_offline_vs_server"] = {"same_tokens": f"{same}/{len(SEEDS)}", "max_abs_diff_logprob": max_diff}
+    report["vllm_offline_vs_server"] = {"same_tokens": f"{same}/{len(SEEDS)}", "max_abs_diff_logprob": max_diff,
+                                        "offline_batches": stats["batches"], "offline_calls": stats["calls"]}
     # seeded sampling of the same fp32 model: the same tokens in (nearly) every case
     assert same >= len(SEEDS) - 1, f"only {same}/{len(SEEDS)} seeded samples agree"
     assert max_diff < 1e-4
