@@ -1,21 +1,32 @@
 """Pretrain the toy world's two reasoning models (DESIGN.md §2) and save them as HF-format folders.
 
-Both are Llama-architecture :class:`roro_jax.models.Decoder` models trained from scratch with optax on
-toy training texts (``<s>`` + prompt + reference solution + ``</s>``, character tokens), with the loss on
-the solution tokens (and the final ``</s>``) only. A *small* model (narrow, shallow, short training) and a
-clearly stronger *large* one. Each is written with :func:`roro_jax.models.save_pretrained` (config.json,
-model.safetensors, tokenizer.json) plus ``train_meta.json`` (hyper-parameters, loss and eval curves, wall
-time); the task they were trained on goes to ``<out>/task.json`` (a :class:`~roro_jax.tasks.toy.ToyConfig`).
+Llama-architecture :class:`roro_jax.models.Decoder` models trained from scratch with optax on toy training
+texts (``<s>`` + prompt + reference solution + ``</s>``, character tokens), with the loss on the solution
+tokens (and the final ``</s>``) only; one jitted update with donated parameter/optimizer buffers; batches
+grouped by number of operations (one compiled shape per group).
+
+Two models come out, a *small* (weaker) one and a clearly stronger *large* one:
+
+- default (``--small-snapshot-at 0.55``): one run of the ``large`` spec; the small model is that run's
+  **under-trained snapshot**: its weights at the first validation eval (every ``--snapshot-every`` steps)
+  whose greedy accuracy reaches 0.55. Same architecture as the large model, far less training (this is
+  what fits the CPU budget; see ``roro_jax/assets/toy/README.md``).
+- ``--small-snapshot-at 0``: a separately trained, narrower small model (the ``small`` spec).
+
+Each is written with :func:`roro_jax.models.save_pretrained` (config.json, model.safetensors) and
+:func:`roro_jax.tasks.toy.save_tokenizer` (tokenizer.json), plus ``train_meta.json`` (spec, seed, steps,
+loss and eval curves, wall time, command); the task goes to ``<out>/task.json`` (a
+:class:`~roro_jax.tasks.toy.ToyConfig`). The periodic eval uses :func:`validation_set` (test-split
+problems that exclude the report's ``toy.heldout(500)``).
 
 Usage (the shipped folders were made with the defaults; see ``roro_jax/assets/toy/README.md``)::
 
-    python -m pipelines.pretrain_toy [--out DIR] [--seed S] [--which small large]
-                                     [--small-steps N] [--large-steps N] [--difficulty NAME] ...
+    python -m pipelines.pretrain_toy [--out DIR] [--seed S] [--difficulty NAME] [--large-steps N] ...
 
-Determinism: the training stream is ``toy.iter_problems(cfg, seed=seed, split="train")``, the weights are
-initialised from ``seed`` (small) / ``seed + 1`` (large), and the update is one jitted function, so the same
-seed gives the same weights on the same machine (XLA CPU reductions may differ across machines/thread
-counts).
+Determinism: the training stream is ``toy.iter_problems(cfg, seed=..., split="train")`` and the weights
+are initialised from the same seed (``seed`` for small, ``seed + 1`` for large), so the same seed and
+arguments give the same weights on the same machine (XLA CPU reductions may differ across machines or
+thread counts).
 """
 
 from __future__ import annotations
@@ -61,12 +72,16 @@ class ModelSpec:
     stop_at: float = 0.0  # > 0: stop at the first periodic eval whose greedy accuracy reaches this
 
 
-# The shipped pair. head_dim = hidden / heads = 32 for both (vLLM CPU is known to work with 32).
+# head_dim = hidden / heads = 32 for both (vLLM CPU is known to work with 32). The shipped pair comes from
+# the "large" spec alone: the small model is that run's snapshot (SMALL_SNAPSHOT_AT, see main); the "small"
+# spec is used when a separately trained small model is asked for (--small-snapshot-at 0).
 SPECS: dict[str, ModelSpec] = {
-    "small": ModelSpec(hidden=64, layers=2, heads=2, intermediate=192, steps=600),
-    "large": ModelSpec(hidden=128, layers=4, heads=4, intermediate=384, steps=2500),
+    "small": ModelSpec(hidden=64, layers=4, heads=2, intermediate=192, steps=1500, lr=3e-3, warmup=50, batch=32),
+    "large": ModelSpec(hidden=128, layers=4, heads=4, intermediate=384, steps=900, lr=3e-3, warmup=50, batch=32),
 }
-DEFAULT_TASK = "default"
+DEFAULT_TASK = "easy"
+SMALL_SNAPSHOT_AT = 0.0
+SMALL_SNAPSHOT_STEP = 550
 
 
 # --------------------------------------------------------------------------- data
@@ -207,13 +222,22 @@ def validation_set(cfg: toy.ToyConfig, n: int, *, report_n: int = 500) -> list[P
 
 # --------------------------------------------------------------------------- training
 def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed: int, eval_problems,
-              eval_every: int, log=print, progress: bool = True):
-    """Train one model; returns (model, meta dict)."""
+              eval_every: int, snapshot_at: float = 0.0, snapshot_every: int = 25, snapshot_step: int = 0,
+              stop_after_snapshot: bool = False, init=None, log=print, progress: bool = True):
+    """Train one model; returns ``(model, meta, snapshot)``.
+
+    With ``snapshot_at > 0`` the validation set is evaluated every ``snapshot_every`` steps until its
+    greedy accuracy first reaches ``snapshot_at``; the parameters at that eval are returned as
+    ``snapshot = {"step", "accuracy", "params"}`` (host copies; None if never reached). With
+    ``snapshot_step > 0`` the snapshot is taken after exactly that many steps instead (accuracy None, no
+    eval needed). ``stop_after_snapshot`` ends training there. ``init``: a
+    :class:`~roro_jax.models.Decoder` to continue training (fresh optimizer state) instead of a new one.
+    """
     from tqdm import tqdm
 
     codec = CharCodec(tokenizer)
     length = seq_len(cfg)
-    model = init_model(model_config(spec, tokenizer), seed=seed)
+    model = init_model(model_config(spec, tokenizer), seed=seed) if init is None else init
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(spec)
     opt_state = tx.init(params)
@@ -223,6 +247,7 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
     log(f"[{name}] {param_count(model):,} params  {spec}  max seq_len={length}")
 
     losses, evals = [], []
+    snapshot = None
     t0 = time.perf_counter()
     running = None
     bar = tqdm(range(1, spec.steps + 1), desc=name, disable=not progress, mininterval=5.0)
@@ -235,7 +260,14 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
             losses.append((it, loss_v))
             bar.set_postfix(loss=f"{running:.4f}")
         stop = False
-        if eval_every and (it % eval_every == 0 or it == spec.steps) and eval_problems:
+        if snapshot_step and it == snapshot_step:
+            snapshot = {"step": it, "accuracy": None, "step_accuracy": None,
+                        "params": jax.tree.map(np.array, params)}
+            log(f"[{name}] snapshot at step {it}")
+            stop = stop_after_snapshot
+        pending = snapshot_at > 0 and snapshot is None and not snapshot_step
+        due = (eval_every and it % eval_every == 0) or it == spec.steps or (pending and it % snapshot_every == 0)
+        if due and eval_problems:
             nnx.update(model, params)
             sampler.update(model)
             s = accuracy(sampler, codec, eval_problems)
@@ -244,7 +276,12 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
             log(f"[{name}] step {it}: loss {running:.4f}  held-out greedy accuracy {s['accuracy']:.3f} "
                 f"(step accuracy {s['step_accuracy']:.3f}, n={s['n']}, first errors {s['error_kinds']})  "
                 f"{time.perf_counter() - t0:.0f}s")
-            stop = 0 < spec.stop_at <= s["accuracy"]
+            stop = stop or 0 < spec.stop_at <= s["accuracy"]
+            if pending and s["accuracy"] >= snapshot_at:
+                snapshot = {"step": it, "accuracy": s["accuracy"], "step_accuracy": s["step_accuracy"],
+                            "params": jax.tree.map(np.array, params)}
+                log(f"[{name}] snapshot at step {it} (validation accuracy {s['accuracy']:.3f} >= {snapshot_at})")
+                stop = stop or stop_after_snapshot
         if stop:
             log(f"[{name}] stopping at step {it}: validation accuracy reached stop_at={spec.stop_at}")
             break
@@ -255,7 +292,7 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
             "train_wall_s": round(wall, 1), "loss_curve": losses, "eval_curve": evals,
             "steps_done": steps_done, "examples_seen": steps_done * spec.batch, "jax": jax.__version__,
             "device": str(jax.devices()[0].device_kind)}
-    return model, meta
+    return model, meta, snapshot
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -270,10 +307,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for fld in ("steps", "hidden", "layers", "heads", "intermediate", "batch", "warmup"):
             ap.add_argument(f"--{name}-{fld}", type=int, default=getattr(spec, fld))
         ap.add_argument(f"--{name}-lr", type=float, default=spec.lr)
+        ap.add_argument(f"--{name}-init", type=Path, default=None,
+                        help="continue training from this model folder (new optimizer state) instead of from scratch")
         ap.add_argument(f"--{name}-stop-at", type=float, default=spec.stop_at,
                         help="stop at the first eval whose validation accuracy reaches this (0: off)")
-    ap.add_argument("--eval-every", type=int, default=500, help="held-out greedy eval every N steps (0: off)")
+    ap.add_argument("--eval-every", type=int, default=150, help="held-out greedy eval every N steps (0: off)")
     ap.add_argument("--eval-n", type=int, default=128, help="held-out problems in the periodic eval")
+    ap.add_argument("--small-snapshot-at", type=float, default=SMALL_SNAPSHOT_AT,
+                    help="> 0: do not train a separate small model; the small model is the large run's weights "
+                         "at the first validation eval whose greedy accuracy reaches this")
+    ap.add_argument("--small-snapshot-step", type=int, default=SMALL_SNAPSHOT_STEP,
+                    help="> 0: the small model is the large run's weights after exactly this many steps "
+                         "(overrides --small-snapshot-at)")
+    ap.add_argument("--small-only", action="store_true",
+                    help="with a snapshot: stop the large run at the snapshot and write only the small model")
+    ap.add_argument("--snapshot-every", type=int, default=25, help="eval interval while the snapshot is pending")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -284,21 +332,56 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (args.out / TASK_FILE).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     print(f"task {cfg}; writing to {args.out}")
     metas = {}
-    for i, name in enumerate(sorted(args.which, key=["small", "large"].index)):
+    names = sorted(args.which, key=["small", "large"].index)
+    if (args.small_snapshot_at > 0 or args.small_snapshot_step > 0) and "small" in names:
+        names = ["large"]  # the small model is a snapshot of the large run
+    for name in names:
         spec = replace(SPECS[name], **{f: getattr(args, f"{name}_{f}") for f in
                                        ("steps", "hidden", "layers", "heads", "intermediate", "batch", "warmup", "lr",
                                         "stop_at")})
-        model, meta = train_one(name, spec, cfg, tokenizer, seed=args.seed + (name == "large"),
-                                eval_problems=eval_problems, eval_every=args.eval_every,
-                                progress=not args.no_progress)
-        folder = args.out / name
-        save_pretrained(model, folder, tokenizer=None)
-        toy.save_tokenizer(folder, tokenizer)
-        meta.update(task=cfg.to_dict(), command="python -m pipelines.pretrain_toy " + " ".join(argv or []))
-        (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        print(f"[{name}] saved {folder} ({meta['params']:,} params, {meta['train_wall_s']:.0f}s)")
-        metas[name] = meta
+        with_small = name == "large" and "small" in args.which and (args.small_snapshot_at > 0 or
+                                                                     args.small_snapshot_step > 0)
+        snap_at = args.small_snapshot_at if with_small else 0.0
+        init = getattr(args, f"{name}_init")
+        if init is not None:
+            from roro_jax.models import from_pretrained
+
+            print(f"[{name}] continuing from {init}")
+            init = from_pretrained(init)[0]
+        model, meta, snapshot = train_one(name, spec, cfg, tokenizer, seed=args.seed + (name == "large"),
+                                          eval_problems=eval_problems, eval_every=args.eval_every,
+                                          snapshot_at=snap_at, snapshot_every=args.snapshot_every,
+                                          snapshot_step=args.small_snapshot_step if with_small else 0,
+                                          stop_after_snapshot=args.small_only, init=init,
+                                          progress=not args.no_progress)
+        command = "python -m pipelines.pretrain_toy " + " ".join(argv or [])
+        meta.update(task=cfg.to_dict(), command=command,
+                    init_from=None if init is None else str(getattr(args, f"{name}_init")))
+        if not (with_small and args.small_only):
+            metas[name] = _save(args.out / name, model, tokenizer, meta)
+        if with_small:
+            if snapshot is None:
+                print(f"[small] WARNING: no snapshot of the large run was taken (threshold {snap_at}); "
+                      f"no small model written")
+                continue
+            small = init_model(model.config, seed=0)
+            nnx.update(small, jax.tree.map(jnp.asarray, snapshot["params"]))
+            smeta = {"name": "small", "snapshot_of": "large", "snapshot_at": snap_at or None,
+                     "snapshot_step": snapshot["step"], "validation_accuracy": snapshot["accuracy"],
+                     "validation_step_accuracy": snapshot["step_accuracy"],
+                     "spec": meta["spec"], "steps_done": snapshot["step"], "seed": meta["seed"],
+                     "params": meta["params"], "examples_seen": snapshot["step"] * spec.batch,
+                     "large_train_wall_s": meta["train_wall_s"], "task": cfg.to_dict(), "command": command}
+            metas["small"] = _save(args.out / "small", small, tokenizer, smeta)
     return metas
+
+
+def _save(folder: Path, model, tokenizer, meta: dict) -> dict:
+    save_pretrained(model, folder, tokenizer=None)
+    toy.save_tokenizer(folder, tokenizer)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"[{meta['name']}] saved {folder} ({meta['params']:,} params)")
+    return meta
 
 
 if __name__ == "__main__":
