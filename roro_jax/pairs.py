@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .types import ESCALATE, PreferencePair, Trajectory
+from .types import ESCALATE, PreferencePair, Trajectory, read_jsonl
 
 KINDS = ("outcome", "cost", "process")
 COST_MEASURES = ("large_tokens", "large_share")
@@ -391,17 +391,7 @@ def pairs_from_file(trajectories_path: str | os.PathLike, out_path: str | os.Pat
                     cfg: PairsConfig | None = None, seed: int = 0) -> dict[str, Any]:
     """Read a trajectory JSONL file, build the pairs, write them as JSONL to ``out_path`` and the
     statistics as JSON next to it (``<out_path>.stats.json``).  Returns the statistics."""
-    trajs = []
-    with open(trajectories_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                trajs.append(Trajectory.from_dict(json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{trajectories_path}:{lineno}: malformed JSON ({e.msg})") from None
-            except (TypeError, ValueError, AttributeError) as e:
-                raise ValueError(f"{trajectories_path}:{lineno}: not a trajectory record ({e})") from None
+    trajs = list(read_jsonl(trajectories_path, Trajectory))
     pairs, stats = build_pairs_with_stats(trajs, cfg, seed)
     out = write_pairs(out_path, pairs)
     stats_path = out.with_name(out.name + ".stats.json")

@@ -184,4 +184,11 @@ def read_jsonl(path, cls=None) -> Iterable[Any]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            yield cls.from_dict(row) if cls is not None else row
+            if cls is None:
+                yield row
+                continue
+            try:
+                obj = cls.from_dict(row)
+            except (TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a {cls.__name__.lower()} record ({e})") from None
+            yield obj
