@@ -11,7 +11,8 @@ Commands (run with any Python 3.11; only ``make-tiny`` needs torch + transformer
 world's small/large models, ``scripts/make_smollm2.py``'s SmolLM2-135M-Instruct folder, or ``make-tiny``'s
 model. The served model name is the folder's name unless ``--name`` is given.
 
-The server is kept small for a shared 2-core machine: ``--max-model-len`` (default 1024), a KV cache of
+The server is kept small for a shared 2-core machine: ``--max-model-len`` (default 1024, capped at the
+model's ``max_position_embeddings``), a KV cache of
 ``--kv-gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``, default 1), ``--max-num-seqs`` (default 32), float32 weights
 by default (so log-probs can be compared with the Flax model), ``--optimization-level 0`` by default (no
 torch.compile warm-up: a tiny model starts in well under a minute instead of several), and it binds
@@ -81,6 +82,10 @@ class VLLMServer:
         self.port = int(port)
         self.venv = Path(venv) if venv else default_venv()
         self.name = name or self.model.name
+        cfg = json.loads((self.model / "config.json").read_text())
+        limit = cfg.get("max_position_embeddings")
+        if isinstance(limit, int) and 0 < limit < max_model_len:
+            max_model_len = limit  # vLLM refuses a longer context than the model's positions
         self.max_model_len, self.kv_gib, self.max_num_seqs = max_model_len, kv_gib, max_num_seqs
         self.dtype, self.seed, self.extra_args = dtype, seed, tuple(extra_args)
         self.opt_level = opt_level

@@ -66,7 +66,8 @@ def test_toy_steps_stop_eos_length(engine_for, report):
         reasons[r.finish_reason] = reasons.get(r.finish_reason, 0) + 1
     report["toy_finish_reasons_48_steps"] = reasons
     assert reasons.get("stop", 0) >= 5, reasons  # steps do end at the delimiter
-    assert len({tuple(r.token_ids) for r in rs}) > 24  # seeds give different samples
+    if "random" in report.get("toy_models", ""):  # a trained toy model may well repeat its first step
+        assert len({tuple(r.token_ids) for r in rs}) > 24  # seeds give different samples
 
 
 def test_same_seed_same_step_and_length_limit(engine_for):
@@ -100,6 +101,7 @@ def test_smollm2_paragraph_steps(engine_for, report):
     rs = gen(eng, [StepRequest(prompt, seed=s) for s in range(6)], params)
     for r in rs:
         check_result(r, params, eng.eos_token_id)
+    assert len({tuple(r.token_ids) for r in rs}) == len(rs)  # different seeds, different samples
     stops = [r for r in rs if r.finish_reason == "stop"]
     report["smollm2_finish_reasons_6_steps"] = {k: sum(r.finish_reason == k for r in rs)
                                                 for k in ("stop", "eos", "length")}
