@@ -114,7 +114,8 @@ def results_table(runs: Sequence[dict[str, Any]], world: str) -> str:
     head = "| scorer | " + " | ".join(["all"] + kinds) + " | gate decisions (per seed) |"
     lines = [f"**{world} world**, {len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}); test split: "
              f"{runs[0]['split']['test']['pairs']} pairs over {runs[0]['split']['test']['queries']} held-out queries "
-             f"(kinds: " + ", ".join(f"{k} {runs[0]['process_quality']['test'].get('n_' + k, 0)}" for k in kinds) + ")",
+             f"(kinds: " + ", ".join(f"{k} {runs[0]['process_quality']['test'].get('n_' + k, 0)}" for k in kinds
+                                     if k != "macro") + "; macro = mean of the kinds' accuracies)",
              "", head, "|" + "---|" * (len(kinds) + 3)]
 
     def row(name, recs, gates=""):

@@ -52,6 +52,7 @@ class JudgeConfig:
     batch_pairs: int = 32
     steps: int = 150  # optimiser steps per Judge phase
     parallel: str = "single"  # single | shard_map
+    kind_weights: str = "none"  # none | balanced (pair weight ∝ 1 / count of its kind: kinds weigh equally)
     len_multiple: int = 32  # sequence lengths are padded up to a multiple of this
 
 
@@ -314,17 +315,29 @@ class Judge:
         history = []
         order = np.array([], int)
         bp = min(self.cfg.batch_pairs, len(pairs))
+        weights = kind_weights(pairs, self.cfg.kind_weights)
         for i in range(steps):
             if len(order) < bp:
                 order = np.concatenate([order, rng.permutation(len(pairs))])
             idx, order = order[:bp], order[bp:]
-            batch = self.pair_batch([pairs[j] for j in idx], by_id, queries, rubrics)
+            batch = self.pair_batch([pairs[j] for j in idx], by_id, queries, rubrics, weights[idx])
             self.state, m = self._update(self.state, self.frozen, batch)
             m = {k: float(v) for k, v in m.items()}
             history.append(m)
             if log is not None:
                 log(i, m)
         return history
+
+
+def kind_weights(pairs: Sequence[PreferencePair], mode: str = "none") -> np.ndarray:
+    """Per-pair BT weights: ``none`` = 1; ``balanced`` = ``N / (K · count(kind))`` (mean 1, kinds weigh equally)."""
+    if mode == "none":
+        return np.ones(len(pairs), np.float32)
+    if mode != "balanced":
+        raise ValueError(f"kind_weights must be none | balanced, got {mode!r}")
+    kinds = [p.kind for p in pairs]
+    counts = {k: kinds.count(k) for k in set(kinds)}
+    return np.array([len(pairs) / (len(counts) * counts[k]) for k in kinds], np.float32)
 
 
 def _bucket_rows(n: int, cap: int) -> int:

@@ -139,3 +139,14 @@ def test_pad_inputs_shapes():
     arr = pad_inputs([([5, 6, 7], [2], [1.0]), ([5], [0], [1.0])], 3, len_multiple=4, rows=4)
     assert arr["ids"].shape == (4, 4) and arr["pos"].shape == (4, 3)
     assert arr["mask"].sum() == 4 and arr["w"][:, 1:].sum() == 0 and arr["w"][2:].sum() == 0
+
+
+def test_kind_weights_balance_kinds():
+    from roro_jax.rubric.judge import kind_weights
+
+    ps = [PreferencePair("q", "a", "b", "cost")] * 6 + [PreferencePair("q", "a", "c", "outcome")] * 2
+    np.testing.assert_array_equal(kind_weights(ps), np.ones(8))
+    w = kind_weights(ps, "balanced")
+    assert w.mean() == pytest.approx(1.0) and w[:6].sum() == pytest.approx(w[6:].sum())
+    with pytest.raises(ValueError):
+        kind_weights(ps, "nope")
