@@ -7,11 +7,15 @@ grouped by number of operations (one compiled shape per group).
 
 Two models come out, a *small* (weaker) one and a clearly stronger *large* one:
 
-- default (``--small-snapshot-at 0.55``): one run of the ``large`` spec; the small model is that run's
-  **under-trained snapshot**: its weights at the first validation eval (every ``--snapshot-every`` steps)
-  whose greedy accuracy reaches 0.55. Same architecture as the large model, far less training (this is
-  what fits the CPU budget; see ``roro_jax/assets/toy/README.md``).
-- ``--small-snapshot-at 0``: a separately trained, narrower small model (the ``small`` spec).
+- default (``--small-snapshot-step 550``): one run of the ``large`` spec; the small model is that run's
+  **under-trained snapshot**, its weights after step 550 (or, with ``--small-snapshot-step 0
+  --small-snapshot-at X``, at the first validation eval, every ``--snapshot-every`` steps, whose greedy
+  accuracy reaches X). Same architecture as the large model, far less training (what fits the CPU
+  budget; see ``roro_jax/assets/toy/README.md``). ``--small-only`` stops the run at the snapshot.
+- ``--small-snapshot-step 0 --small-snapshot-at 0``: a separately trained, narrower small model (the
+  ``small`` spec).
+- ``--large-init DIR`` continues training a saved model (fresh optimizer state): the shipped large model
+  is stage 1 (900 steps) continued for 700 steps this way.
 
 Each is written with :func:`roro_jax.models.save_pretrained` (config.json, model.safetensors) and
 :func:`roro_jax.tasks.toy.save_tokenizer` (tokenizer.json), plus ``train_meta.json`` (spec, seed, steps,
