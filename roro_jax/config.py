@@ -116,6 +116,43 @@ class ToyWorldConfig:
 
 
 @dataclass
+class EngineConfig:
+    """Arguments of ``roro_jax.engines.make_engine(kind, **rest)`` for one role (small or large model).
+
+    ``openai_server``: ``model`` (served name), ``endpoints`` (base URLs), ``tokenizer_path`` (HF folder or hub
+    id), ``n_params`` (FLOPs), ``concurrency``, ``timeout`` (s), ``max_retries``, ``backoff``/``max_backoff``
+    (s), ``extra_body`` (more vLLM fields). ``flax``/``vllm_offline``: ``model`` is a model folder.
+    """
+
+    kind: str = _choice("flax", "flax", "openai_server", "vllm_offline")
+    model: str = ""
+    endpoints: list[str] = field(default_factory=list)
+    tokenizer_path: Optional[str] = None
+    n_params: Optional[float] = None
+    concurrency: int = 64
+    timeout: float = 120.0
+    max_retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    def make_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments ``make_engine(self.kind, **kw)`` takes for this kind."""
+        if self.kind == "openai_server":
+            return {"model": self.model, "endpoints": list(self.endpoints), "tokenizer_path": self.tokenizer_path,
+                    "n_params": self.n_params, "concurrency": self.concurrency, "timeout": self.timeout,
+                    "max_retries": self.max_retries, "backoff": self.backoff, "max_backoff": self.max_backoff,
+                    "extra_body": dict(self.extra_body)}
+        return {"model": self.model, "n_params": self.n_params}
+
+
+@dataclass
+class EnginesConfig:
+    small: EngineConfig = field(default_factory=EngineConfig)
+    large: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
 class SweepConfig:
     """Operating-point sweeps for evaluation."""
 
@@ -141,6 +178,7 @@ class Config:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    engines: EnginesConfig = field(default_factory=EnginesConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
