@@ -21,8 +21,8 @@ Finish reasons: ``"eos"`` (an EOS id was sampled), ``"stop"`` (a stop string or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,6 @@ class Completion:
     top_ids: np.ndarray
     top_logprobs: np.ndarray
     stop_str: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def bucket(n: int, minimum: int = 1) -> int:
