@@ -49,8 +49,8 @@ class JudgeConfig:
     bt_scale: float = 8.0
     lr: float = 1e-3
     max_grad_norm: float = 1.0
-    batch_pairs: int = 32
-    steps: int = 150  # optimiser steps per Judge phase
+    batch_pairs: int = 16
+    steps: int = 80  # optimiser steps per Judge phase
     parallel: str = "single"  # single | shard_map
     kind_weights: str = "none"  # none | balanced (pair weight ∝ 1 / count of its kind: kinds weigh equally)
     len_multiple: int = 32  # sequence lengths are padded up to a multiple of this

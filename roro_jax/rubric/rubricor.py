@@ -43,7 +43,7 @@ from roro_jax.rubric.serialize import SerializeConfig, serialize_query
 @dataclass
 class RubricorConfig:
     model: LMSpec = field(default_factory=LMSpec)
-    sft_steps: int = 150
+    sft_steps: int = 200
     sft_lr: float = 3e-3
     sft_batch: int = 16
     grpo_steps: int = 6  # GRPO updates per Rubricor phase
