@@ -16,7 +16,8 @@ to 20) are those of the model's raw distribution (``log_softmax`` of the unscale
 Finish reasons: ``"eos"`` (an EOS id was sampled), ``"stop"`` (a stop string or stop token id), ``"length"``
 (max new tokens). The EOS or stop token is included in ``token_ids``; ``text`` is the decoding of
 ``token_ids`` (special tokens skipped), cut right after the stop string (or before it when
-``include_stop_str_in_output=False``).
+``include_stop_str_in_output=False``). Stop strings are matched on the raw text (special tokens
+included, see :mod:`roro_jax.models.stopping`).
 """
 
 from __future__ import annotations
@@ -314,8 +315,8 @@ class Sampler:
         text = ""
         if self.tokenizer is not None:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            if stop_str is not None:
-                at = text.find(stop_str)
+            if stop_str is not None:  # the match ends inside the last token: cut at its last occurrence
+                at = text.rfind(stop_str)
                 if at >= 0:
                     text = text[:at + len(stop_str)] if sp.include_stop_str_in_output else text[:at]
         k = sp.logprobs

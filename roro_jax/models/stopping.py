@@ -6,8 +6,10 @@ characters whose state is the length of the longest prefix of ``s`` that ends th
 and lift it to whole tokens: ``next_state[q, tok]`` and ``hit[q, tok]`` (the string completes somewhere
 inside ``tok`` when entered in state ``q``). Inside the loop one gather per stop string per step decides.
 
-Each token's text is its individual decoding (``tokenizer.decode([id])``); this is exact for byte-level
-BPE vocabularies as long as the stop string is ASCII (true for the step delimiter ``"\\n\\n"``).
+Each token's text is its individual decoding (``tokenizer.decode([id])``), special tokens included: the
+match is on the raw generated text, so ``"\\n<|im_end|>\\n"`` does not read as ``"\\n\\n"``. This is exact
+for byte-level BPE vocabularies as long as the stop string is ASCII (true for the step delimiter
+``"\\n\\n"``).
 """
 
 from __future__ import annotations
