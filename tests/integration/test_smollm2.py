@@ -82,10 +82,21 @@ def test_step_delimiter_stops_generation(models):
         [prompt], SamplingParams(max_new_tokens=96, temperature=0.0, stop=("\n\n",), ignore_eos=True))[0]
     free = Sampler(model, tokenizer).generate(
         [prompt], SamplingParams(max_new_tokens=96, temperature=0.0, ignore_eos=True))[0]
-    full = tokenizer.decode(free.token_ids, skip_special_tokens=True)
+    # A stop string that surely occurs (the greedy answer has line breaks) must end generation right there.
+    line = Sampler(model, tokenizer).generate(
+        [prompt], SamplingParams(max_new_tokens=96, temperature=0.0, stop=("\n",), ignore_eos=True))[0]
+    raw_free = tokenizer.decode(free.token_ids, skip_special_tokens=False)
+    assert "\n" in raw_free
+    raw_line = tokenizer.decode(line.token_ids, skip_special_tokens=False)
+    assert line.finish_reason == "stop" and raw_line == raw_free[:raw_free.index("\n") + 1]
+    assert line.token_ids == free.token_ids[:len(line.token_ids)]
+    # The delimiter must occur in the raw generated text: with special tokens dropped, "\n<|im_end|>\n"
+    # would read as "\n\n" although the stream never contains it.
+    full = tokenizer.decode(free.token_ids, skip_special_tokens=False)
     if "\n\n" not in full:
         assert out.finish_reason == "length" and out.token_ids == free.token_ids
         return
-    assert out.finish_reason == "stop" and out.text.endswith("\n\n")
-    assert out.text == full[:full.index("\n\n") + 2]
+    raw = tokenizer.decode(out.token_ids, skip_special_tokens=False)
+    assert out.finish_reason == "stop" and raw.endswith("\n\n")
+    assert raw == full[:full.index("\n\n") + 2]
     assert out.token_ids == free.token_ids[:len(out.token_ids)]
