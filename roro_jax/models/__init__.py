@@ -15,9 +15,13 @@ from roro_jax.models.config import DecoderConfig, UnsupportedModelError
 from roro_jax.models.decoder import Decoder, KVCache, abstract_model, init_model, param_count
 from roro_jax.models.loading import (CheckpointError, from_pretrained, hf_state_dict, load_tokenizer,
                                      read_config, save_pretrained)
+from roro_jax.models.lora import add_lora, merge_lora
+from roro_jax.models.sampler import Completion, Sampler, SamplingParams, generate
+from roro_jax.models.score import ScoreModel, last_token_positions, token_logprobs
 
 __all__ = [
-    "CheckpointError", "Decoder", "DecoderConfig", "KVCache", "UnsupportedModelError", "abstract_model",
-    "from_pretrained", "hf_state_dict", "init_model", "load_tokenizer", "param_count", "read_config",
-    "save_pretrained",
+    "CheckpointError", "Completion", "Decoder", "DecoderConfig", "KVCache", "Sampler", "SamplingParams",
+    "ScoreModel", "UnsupportedModelError", "abstract_model", "add_lora", "from_pretrained", "generate",
+    "hf_state_dict", "init_model", "last_token_positions", "load_tokenizer", "merge_lora", "param_count",
+    "read_config", "save_pretrained", "token_logprobs",
 ]
