@@ -85,8 +85,8 @@ def bucket(n: int, minimum: int = 1) -> int:
 
 
 # --------------------------------------------------------------------------- jitted core
-def _filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Mask (to -inf) everything outside each row's top-k, then outside its top-p nucleus."""
+def _filter_sorted(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Reference filter over a full sort of the vocabulary (exact for any top-k / top-p; slow on CPU)."""
     vocab = scaled.shape[-1]
     sorted_desc = -jnp.sort(-scaled, axis=-1)
     idx = jnp.arange(vocab)[None, :]
@@ -94,10 +94,39 @@ def _filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax
     sorted_desc = jnp.where(idx < k, sorted_desc, -jnp.inf)
     probs = jax.nn.softmax(sorted_desc, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = (mass_before < top_p[:, None]) & (idx < k)
+    keep = ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0)) & (idx < k)  # float cumsum may hit 1
     n_keep = jnp.maximum(jnp.sum(keep, axis=-1), 1)
     threshold = jnp.take_along_axis(sorted_desc, (n_keep - 1)[:, None], axis=-1)
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def _filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array, candidates: int = 256) -> jax.Array:
+    """Mask (to -inf) everything outside each row's top-k, then outside its top-p nucleus.
+
+    Works on the ``candidates`` largest logits (``lax.top_k``; a full sort of a 50k vocabulary costs
+    ~150 ms per step on CPU). Rows whose nucleus or top-k reaches beyond the candidates (very flat
+    distributions) make the whole batch take the exact full-sort path instead, so the result is always
+    that of :func:`_filter_sorted`.
+    """
+    vocab = scaled.shape[-1]
+    n = min(candidates, vocab)
+    cand, _ = jax.lax.top_k(scaled, n)
+    idx = jnp.arange(n)[None, :]
+    top_k = jnp.where(top_k >= vocab, 0, top_k)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, n), n)[:, None]
+    cand = jnp.where(idx < k, cand, -jnp.inf)
+    # normaliser of the top-k-filtered distribution: the candidates alone when top-k fits in them
+    lse = jnp.where(top_k > 0, jax.nn.logsumexp(cand, axis=-1), jax.nn.logsumexp(scaled, axis=-1))
+    probs = jnp.exp(cand - lse[:, None])
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0)) & (idx < k)  # float cumsum may hit 1
+    n_keep = jnp.maximum(jnp.sum(keep, axis=-1), 1)
+    threshold = jnp.take_along_axis(cand, (n_keep - 1)[:, None], axis=-1)
+    no_filter = ((top_k == 0) & (top_p >= 1.0))[:, None]
+    threshold = jnp.where(no_filter, -jnp.inf, threshold)
+    beyond = (top_k > n) | ((top_k == 0) & (top_p < 1.0) & (jnp.sum(probs, axis=-1) < top_p))
+    return jax.lax.cond(jnp.any(beyond), _filter_sorted,
+                        lambda s, k_, p_: jnp.where(s >= threshold, s, -jnp.inf), scaled, top_k, top_p)
 
 
 def _choose(logits: jax.Array, rows: dict, step: jax.Array) -> jax.Array:

@@ -179,3 +179,23 @@ def test_text_prompts_and_bad_input(setup):
         sampler.generate([[5, 100000]])
     with pytest.raises(ValueError, match="logprobs=21"):
         SamplingParams(logprobs=21)
+
+
+@pytest.mark.parametrize("candidates", [16, 1000])
+def test_candidate_filter_equals_full_sort(candidates):
+    from roro_jax.models.sampler import _filter_logits, _filter_sorted
+
+    rng = np.random.RandomState(0)
+    scale = np.array([8.0, 8.0, 8.0, 0.05, 8.0, 8.0])[:, None]  # row 3 is nearly flat: nucleus > 16
+    logits = jnp.asarray(rng.randn(6, 1000) * scale, jnp.float32)
+    top_k = jnp.array([0, 5, 0, 0, 40, 1000])
+    top_p = jnp.array([0.9, 1.0, 0.3, 0.9, 0.8, 1.0])
+    got = jax.jit(_filter_logits, static_argnames="candidates")(logits, top_k, top_p, candidates=candidates)
+    want = jax.jit(_filter_sorted)(logits, top_k, top_p)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    assert int(np.isfinite(want[1]).sum()) == 5 and bool(np.isfinite(want[5]).all())
+    # the peaked rows fit in 16 candidates on their own: same answer without the fallback
+    rows = jnp.array([0, 1, 2])
+    alone = jax.jit(_filter_logits, static_argnames="candidates")(logits[rows], top_k[rows], top_p[rows],
+                                                                   candidates=16)
+    np.testing.assert_array_equal(np.isfinite(alone), np.isfinite(want[rows]))
