@@ -1,10 +1,12 @@
-"""``roro demo``: the pipeline end to end on the built-in world.
+"""``roro demo``: the pipeline end to end on a built-in world (``world`` in the config).
 
-Until the toy world's models and rollout are wired in, the demo runs on the synthetic routing world
-(``roro_jax.worlds.synthetic``): GRPO routers over a λ_c sweep, baselines (SRM-only, LRM-only, random
-escalation, confidence threshold), evaluation on held-out queries with exact expected accuracy
-(P(correct) = (1 - fail_prob)^(critical steps kept)), a markdown report and an accuracy–cost plot under
-``out_dir``.
+- ``toy`` (``configs/demo.yaml``, what ``make demo`` runs): the whole RoRo pipeline with the shipped toy
+  models, see :mod:`pipelines.toy_demo`;
+- ``synthetic``: GRPO routers over a λ_c sweep on the synthetic routing world
+  (``roro_jax.worlds.synthetic``) against SRM-only, LRM-only, random escalation and a confidence threshold,
+  with exact expected accuracy (P(correct) = (1 - fail_prob)^(critical steps kept)).
+
+``--quick`` runs every stage on a few problems / updates (CI).
 """
 
 from __future__ import annotations
@@ -40,7 +42,31 @@ def _point(method, actions, q, *, param=None, param_name="", role="method") -> C
                       large_tokens=large.tolist(), total_tokens=total.tolist())
 
 
-def run_demo(cfg, quick: bool = False) -> dict:
+def demo_config(path=None, overrides=(), quick: bool = False):
+    """The demo's config: ``path`` + ``overrides``; ``quick`` puts the world's quick settings underneath
+    the user's overrides (so ``--quick toy.test_problems=64`` still wins)."""
+    from roro_jax.config import load_config
+
+    cfg = load_config(path, overrides)
+    if quick and cfg.world == "toy":
+        from pipelines.toy_demo import quick_overrides
+
+        cfg = load_config(path, [*quick_overrides(), *overrides])
+    return cfg
+
+
+def run_demo(cfg, quick: bool = False, progress: bool = True) -> dict:
+    """Run the demo of ``cfg.world`` (``cfg`` from :func:`demo_config`)."""
+    if cfg.world == "toy":
+        from pipelines.toy_demo import run_toy_demo
+
+        return run_toy_demo(cfg, progress=progress)
+    if cfg.world == "synthetic":
+        return run_synthetic_demo(cfg, quick=quick)
+    raise ValueError(f"roro demo: world={cfg.world!r} has no demo (toy, synthetic); use `roro router` / `roro eval`")
+
+
+def run_synthetic_demo(cfg, quick: bool = False) -> dict:
     console = Console()
     t0 = time.time()
     out = Path(cfg.out_dir)

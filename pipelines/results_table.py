@@ -2,8 +2,10 @@
 
     python -m pipelines.results_table runs/replay_seed0 runs/replay_seed1 runs/replay_seed2 \
         --test math500_heldout [--out table.md]
+    python -m pipelines.results_table runs/toy_seed0 runs/toy_seed1 runs/toy_seed2   # roro demo outputs
 
-Reads ``<run>/report/<test>/summary.json`` (written by ``roro_jax.eval.report.write_report``) and, per
+Reads ``<run>/report/<test>/summary.json`` (``<run>/report/summary.json`` without ``--test``, as the toy
+demo writes it; both by ``roro_jax.eval.report.write_report``) and, per
 method, reports: accuracy and large-model token share of the method's best point at a share of at most
 ``--budget`` (default 0.3; single-point methods: that point), CPT(50/80/95) (least share reaching that
 PGR; "n.r." counts are shown when a seed never reaches it), mean ΔIBC and AUC of its curve.
@@ -54,8 +56,9 @@ def _fmt(vals: list[float], nd=3, missing="n.r.") -> str:
     return s + (f" ({miss}/{v.size} n.r.)" if miss else "")
 
 
-def build_table(runs: list[Path], test: str, budget: float = 0.3) -> str:
-    per_seed = [method_rows(json.loads((r / "report" / test / "summary.json").read_text()), budget) for r in runs]
+def build_table(runs: list[Path], test: str | None = None, budget: float = 0.3) -> str:
+    per_seed = [method_rows(json.loads((r / "report" / (test or "") / "summary.json").read_text()), budget)
+                for r in runs]
     methods = list(per_seed[0])
     cols = [("acc", f"accuracy (best point ≤{budget:.0%} share)"), ("share", "large share"), ("cpt_50", "CPT(50%)"),
             ("cpt_80", "CPT(80%)"), ("cpt_95", "CPT(95%)"), ("delta_ibc", "ΔIBC"), ("auc", "AUC")]
@@ -69,13 +72,14 @@ def build_table(runs: list[Path], test: str, budget: float = 0.3) -> str:
             else:
                 cells.append(_fmt(vals, missing="n.r." if key.startswith("cpt") else "—"))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{len(runs)} seeds ({', '.join(r.name for r in runs)}), test set `{test}`.\n"
+    where = f", test set `{test}`" if test else ""
+    return "\n".join(lines) + f"\n\n{len(runs)} seeds ({', '.join(r.name for r in runs)}){where}.\n"
 
 
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--test", required=True)
+    p.add_argument("--test", default=None, help="report sub-folder (replay: math500_heldout, aime2025)")
     p.add_argument("--budget", type=float, default=0.3)
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)

@@ -98,6 +98,31 @@ def run_rubric_stage(cfg, trajectories: Sequence[Trajectory], pairs: Sequence[Pr
     return res
 
 
+def rubric_stage_from_files(cfg, trajectories_path, pairs_path, queries_path=None) -> dict[str, Any]:
+    """``roro rubric``: the stage on stored trajectories and pairs; writes ``<out_dir>/rubric/results.json``
+    (gate log and checkpoints beside it). ``cfg`` is the project config (its ``rubric`` and ``seed``)."""
+    import dataclasses
+    from pathlib import Path
+
+    from roro_jax.pairs import read_pairs
+    from roro_jax.store import TrajectoryStore
+
+    trajs = list(TrajectoryStore(trajectories_path).iter())
+    pairs = read_pairs(pairs_path)
+    if not trajs or not pairs:
+        raise ValueError(f"roro rubric: {len(trajs)} trajectories in {trajectories_path}, {len(pairs)} pairs in "
+                         f"{pairs_path}; both must be non-empty")
+    queries = json.loads(Path(queries_path).read_text()) if queries_path else None
+    out = Path(cfg.out_dir) / "rubric"
+    rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out))
+    res = jsonable(run_rubric_stage(rc, trajs, pairs, queries))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    print(results_table([res], "given"))
+    return {**res, "path": path}
+
+
 # ------------------------------------------------------------------------------------------ reporting
 
 def _ms(xs) -> str:

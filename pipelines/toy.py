@@ -6,6 +6,7 @@ through the Flax engine, the rollout routes them, the grader checks the answers.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,7 +16,7 @@ import numpy as np
 from roro_jax.engines.flax_engine import FlaxEngine
 from roro_jax.eval.records import CurvePoint, point_from_trajectories
 from roro_jax.rl.trainer import RouterLearner, run_training, score_trajectories
-from roro_jax.rollout import rollout_sync
+from roro_jax.rollout import rollout, rollout_sync
 from roro_jax.router.features import get_family
 from roro_jax.router.policies import ConstantPolicy, Policy, RouterPolicy
 from roro_jax.store import TrajectoryStore
@@ -33,8 +34,12 @@ class ToyEngines:
 
 
 def make_engines(cfg) -> ToyEngines:
-    return ToyEngines(FlaxEngine(toy_model_dir("small"), max_batch=cfg.toy.max_batch, name="toy-small"),
-                      FlaxEngine(toy_model_dir("large"), max_batch=cfg.toy.max_batch, name="toy-large"))
+    """The shipped toy SRM/LRM as Flax engines with one batch shape and one prompt bucket each, so a whole
+    run compiles only a handful of sampler variants (compiling dominates the toy world's CPU time)."""
+    kw = dict(max_batch=cfg.toy.max_batch, batch_buckets=(cfg.toy.max_batch,),
+              min_prompt_bucket=cfg.toy.prompt_bucket, min_new_bucket=cfg.rollout.max_step_tokens)
+    return ToyEngines(FlaxEngine(toy_model_dir("small"), name="toy-small", **kw),
+                      FlaxEngine(toy_model_dir("large"), name="toy-large", **kw))
 
 
 def train_problems(cfg) -> list:
@@ -51,18 +56,74 @@ def route(cfg, engines: ToyEngines, problems, policy: Policy, *, group_size: int
                         seed=seed, store=store, feature_family=cfg.router.features)
 
 
-def collect_exploration(cfg, engines: ToyEngines, policies: Sequence[Policy], problems, out: Path,
-                        *, progress: bool = True) -> list[Trajectory]:
-    """Stage 1: route ``problems`` with every exploratory policy into ``out/trajectories.jsonl`` (resumable)."""
+def route_many(cfg, engines: ToyEngines, problems, policies: Sequence[Policy], *, seed: int = 0, store=None,
+               progress: bool = True, desc: str = "routing") -> dict[str, list[Trajectory]]:
+    """Route ``problems`` with every policy *concurrently* (one event loop, one rollout per policy), so the
+    engines batch the steps of all policies together; ``{policy_id: trajectories}``. Every row's sampling
+    seed depends only on (seed, query, sample, step), so the result equals routing them one by one."""
     from tqdm.auto import tqdm
 
-    store = TrajectoryStore(out / "trajectories.jsonl")
-    for pol in tqdm(policies, desc="exploration", disable=not progress):
-        route(cfg, engines, problems, pol, seed=cfg.seed, store=store)
+    ids = [p.policy_id for p in policies]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"route_many: duplicate policy ids {sorted({i for i in ids if ids.count(i) > 1})}")
+
+    async def main():
+        bar = tqdm(total=len(policies), desc=desc, disable=not progress, leave=False)
+
+        async def one(pol):
+            trajs = await rollout(problems, engines.small, engines.large, pol, cfg.rollout, seed=seed, store=store,
+                                  feature_family=cfg.router.features)
+            bar.update(1)
+            return trajs
+
+        try:
+            return await asyncio.gather(*(one(p) for p in policies))
+        finally:
+            bar.close()
+
+    return dict(zip(ids, asyncio.run(main())))
+
+
+def collect_exploration(cfg, engines: ToyEngines, policies: Sequence[Policy], problems, out: Path,
+                        *, progress: bool = True) -> list[Trajectory]:
+    """Stage 1: route ``problems`` with every exploratory policy into ``out/trajectories.jsonl`` (resumable:
+    trajectories already in the store are not generated again)."""
+    store = TrajectoryStore(Path(out) / "trajectories.jsonl")
+    route_many(cfg, engines, problems, policies, seed=cfg.seed, store=store, progress=progress, desc="exploration")
     return list(store.iter())
 
 
+def collect_exploration_stage(cfg, engines: ToyEngines | None = None, *, progress: bool = True) -> Path:
+    """``roro collect`` (toy world): the exploration suite (``cfg.exploration``) on ``toy.explore_problems``
+    training problems → ``<out_dir>/exploration/trajectories.jsonl`` (+ ``queries.json``: id → text)."""
+    import json
+
+    from roro_jax.router.exploration import exploration_suite
+
+    engines = engines or make_engines(cfg)
+    problems = train_problems(cfg)[:cfg.toy.explore_problems]
+    out = Path(cfg.out_dir) / "exploration"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "queries.json").write_text(json.dumps({str(p.id): p.question for p in problems}, indent=1) + "\n")
+    suite = exploration_suite(dataclasses.replace(cfg.exploration, seed=cfg.seed))
+    collect_exploration(cfg, engines, suite, problems, out, progress=progress)
+    return out / "trajectories.jsonl"
+
+
 # ------------------------------------------------------------------------------------ router GRPO ---
+def reward_batch(trajs: Sequence[Trajectory], process_fn: ProcessFn | None = None) -> dict[str, np.ndarray]:
+    """The per-trajectory inputs of the reward registry (``roro_jax.rl.rewards``): ``correct``,
+    ``large_share`` (the ``cost`` term is minus it), ``escalation_rate`` and, with a scorer, ``process``."""
+    rb = {"correct": np.array([float(bool(t.correct)) for t in trajs], np.float32),
+          "large_share": np.array([t.large_share for t in trajs], np.float32),
+          "escalation_rate": np.array([t.n_escalations / max(len(t.steps), 1) for t in trajs], np.float32)}
+    if process_fn is not None:
+        rb["process"] = np.asarray(process_fn(trajs), np.float32)
+        if rb["process"].shape != (len(trajs),):
+            raise ValueError(f"process scorer returned shape {rb['process'].shape} for {len(trajs)} trajectories")
+    return rb
+
+
 def make_collect(learner: RouterLearner, engines: ToyEngines, problems, cfg, process_fn: ProcessFn | None = None):
     """``collect(params, key, k)``: route ``queries_per_update`` training problems × G samples with the
     current (sampling) router through the Flax engines, score and pad them into a GRPO batch."""
@@ -77,11 +138,7 @@ def make_collect(learner: RouterLearner, engines: ToyEngines, problems, cfg, pro
         policy = RouterPolicy(learner, params, policy_id="router")
         trajs = route(cfg, engines, qs, policy, group_size=G, seed=int(rng.integers(2**31)))
         arrays = pad_trajectories(trajs, max_steps=T, n_features=get_family(cfg.router.features).dim)
-        rb = {"correct": np.array([float(bool(t.correct)) for t in trajs], np.float32),
-              "large_share": np.array([t.large_share for t in trajs], np.float32),
-              "escalation_rate": np.array([t.n_escalations / max(len(t.steps), 1) for t in trajs], np.float32)}
-        if weights.get("process", 0.0):
-            rb["process"] = np.asarray(process_fn(trajs), np.float32)
+        rb = reward_batch(trajs, process_fn if weights.get("process", 0.0) else None)
         rewards, terms, adv = score_trajectories(rb, cfg)
         batch = {"features": arrays["features"], "actions": arrays["actions"], "old_logp": arrays["logp"],
                  "mask": arrays["mask"], "advantages": np.asarray(adv)}
@@ -94,11 +151,13 @@ def make_collect(learner: RouterLearner, engines: ToyEngines, problems, cfg, pro
     return collect
 
 
-def train_router_toy(cfg, engines: ToyEngines | None = None, *, process_fn: ProcessFn | None = None,
+def train_router_toy(cfg, engines: ToyEngines | None = None, *, problems=None, process_fn: ProcessFn | None = None,
                      resume: bool = True, stop_after: int | None = None, progress: bool = True, desc=None):
+    """Online GRPO of a router on ``problems`` (default: the training pool); checkpoints under ``out_dir``."""
     engines = engines or make_engines(cfg)
     learner = RouterLearner(cfg, get_family(cfg.router.features).dim)
-    hist = run_training(learner, make_collect(learner, engines, train_problems(cfg), cfg, process_fn), cfg,
+    problems = train_problems(cfg) if problems is None else problems
+    hist = run_training(learner, make_collect(learner, engines, problems, cfg, process_fn), cfg,
                         resume=resume, stop_after=stop_after, progress=progress, desc=desc or "router GRPO (toy)")
     return learner, hist
 

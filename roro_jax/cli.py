@@ -2,7 +2,9 @@
 
     roro demo   [-c CONFIG] [--quick] [key=value ...]   the whole pipeline on the built-in world
     roro router [-c CONFIG] [key=value ...]             router GRPO training (resumes from checkpoints)
+    roro collect [-c CONFIG] [key=value ...]            exploratory trajectories (toy world) into out_dir
     roro pairs  [-c CONFIG] --trajectories F --out F    preference pairs from a trajectory store
+    roro rubric [-c CONFIG] --trajectories F --pairs F  Judge/Rubricor alternation with the gate
     roro eval   [-c CONFIG] [key=value ...]             train + evaluate every method, report + plot
     roro eval   --points F --out DIR                    re-render a report from point records
     roro config [-c CONFIG] [key=value ...]             print the resolved config
@@ -64,9 +66,9 @@ def cmd_router(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from pipelines.demo import run_demo
+    from pipelines.demo import demo_config, run_demo
 
-    cfg = _load(args)
+    cfg = demo_config(args.config, args.overrides, quick=args.quick)
     run_demo(cfg, quick=args.quick)
     return 0
 
@@ -77,6 +79,25 @@ def cmd_pairs(args) -> int:
     cfg = _load(args)
     stats = pairs_from_file(args.trajectories, args.out, cfg.pairs, seed=cfg.seed)
     print(json.dumps(stats, indent=2, default=str))
+    return 0
+
+
+COLLECTORS = {"toy": "pipelines.toy:collect_exploration_stage"}
+
+
+def cmd_collect(args) -> int:
+    cfg = _load(args)
+    path = _resolve(COLLECTORS, cfg.world, "roro collect")(cfg)
+    print(f"trajectories: {path}")
+    return 0
+
+
+def cmd_rubric(args) -> int:
+    from pipelines.rubric import rubric_stage_from_files
+
+    cfg = _load(args)
+    res = rubric_stage_from_files(cfg, args.trajectories, args.pairs, args.queries)
+    print(f"results: {res['path']}")
     return 0
 
 
@@ -132,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trajectories", required=True, help="trajectory JSONL")
     s.add_argument("--out", required=True, help="pairs JSONL to write")
     s.set_defaults(fn=cmd_pairs)
+
+    s = sub.add_parser("collect", help="route exploratory policies and store the trajectories (toy world)")
+    _config_args(s)
+    s.set_defaults(fn=cmd_collect)
+
+    s = sub.add_parser("rubric", help="train Judge and Rubricor alternately (validation gate) on stored pairs")
+    _config_args(s)
+    s.add_argument("--trajectories", required=True, help="trajectory JSONL (roro collect)")
+    s.add_argument("--pairs", required=True, help="pairs JSONL (roro pairs)")
+    s.add_argument("--queries", help="JSON object query id -> query text (default: empty texts)")
+    s.set_defaults(fn=cmd_rubric)
 
     s = sub.add_parser("eval", help="train/evaluate the world's methods and write the report "
                                      "(or, with --points, re-render a report from point records)")

@@ -18,6 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 from roro_jax.eval.config import EvalConfig
 from roro_jax.pairs import PairsConfig
 from roro_jax.rollout import RolloutConfig
+from roro_jax.router.exploration import ExplorationConfig
+from roro_jax.rubric.loop import RubricConfig
 
 
 class ConfigError(ValueError):
@@ -112,7 +114,8 @@ class ToyWorldConfig:
     explore_problems: int = 96  # problems routed by the exploratory policies (stage 1: pairs)
     queries_per_update: int = 16
     problem_seed: int = 0
-    max_batch: int = 64  # Flax engine batch
+    max_batch: int = 64  # Flax engine batch (the only compiled batch shape)
+    prompt_bucket: int = 64  # smallest prompt-length bucket (a toy prompt plus all its steps fits in 64 tokens)
 
 
 @dataclass
@@ -182,6 +185,8 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    rubric: RubricConfig = field(default_factory=RubricConfig)
 
 
 def _check_choices(obj: Any, prefix: str = "") -> None:

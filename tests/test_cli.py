@@ -34,3 +34,32 @@ def test_bench_router_step_json():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ratio"] > 0 and res["default"]["routing_steps"] == 256
     assert res["matmul_peak"]["xla_gflops"] > 0
+
+
+def test_collect_pairs_rubric_commands_chain(tmp_path, capsys):
+    """`roro collect` (toy world) -> `roro pairs` -> `roro rubric`, each reading what the previous wrote."""
+    small = [f"out_dir={tmp_path}", "world=toy", "toy.explore_problems=10", "rollout.max_steps=8",
+             "rollout.max_step_tokens=16", "rollout.temperature=0.7", "toy.max_batch=32",
+             "exploration.random_rates=[0.3,0.6]", "exploration.thresholds=[0.99]", "exploration.critical_k=[1]",
+             "exploration.anti_k=[1]"]
+    assert main(["collect", *small]) == 0
+    traj = tmp_path / "exploration" / "trajectories.jsonl"
+    assert len(traj.read_text().splitlines()) == 5 * 10  # 5 policies x 10 problems
+    assert main(["collect", *small]) == 0  # resumes: nothing new, nothing duplicated
+    assert len(traj.read_text().splitlines()) == 50
+    assert main(["pairs", "--trajectories", str(traj), "--out", str(tmp_path / "pairs.jsonl"), *small]) == 0
+    assert (tmp_path / "pairs.jsonl").read_text().strip()
+    rc = main(["rubric", "--trajectories", str(traj), "--pairs", str(tmp_path / "pairs.jsonl"), "--queries",
+               str(tmp_path / "exploration" / "queries.json"), *small, "rubric.rounds=1", "rubric.judge.steps=4",
+               "rubric.rubricor.sft_steps=4", "rubric.rubricor.grpo_steps=1", "rubric.rubricor.grpo_queries=2",
+               "rubric.rubricor.max_new_tokens=48", "rubric.gate.min_pairs=1"])
+    assert rc == 0
+    res = json.loads((tmp_path / "rubric" / "results.json").read_text())
+    assert [g["phase"] for g in res["gate"]] == ["judge", "rubricor"]
+    assert {"process_quality", "no_rubric", "phases"} <= set(res)
+    assert "(c) rubric Judge" in capsys.readouterr().out
+
+
+def test_collect_rejects_a_world_without_collector(capsys):
+    assert main(["collect", "world=synthetic"]) == 2
+    assert "roro collect" in capsys.readouterr().err

@@ -1,0 +1,164 @@
+"""``roro demo`` on the toy world: the whole RoRo pipeline with the shipped toy models, on a CPU.
+
+Stages (each a plain call into the library; everything is written under ``cfg.out_dir``):
+
+1. **exploration**: the exploration suite (random rates, confidence thresholds, critical-first windows,
+   anti-critical controls) routes ``toy.explore_problems`` training problems through the stepwise rollout
+   (Flax engines, shipped SRM/LRM) → ``exploration/trajectories.jsonl``;
+2. **pairs**: outcome / cost / process preference pairs per query → ``pairs.jsonl``, ``pairs_stats.json``;
+3. **rubric**: Judge and Rubricor trained alternately with the validation gate → ``rubric/`` (gate log,
+   checkpoints, ``results.json``); the final Judge under each query's rubric is RoRo's process reward;
+4. **routers**: for every λ_c in ``sweep.lambda_c``, outcome-only GRPO (λ_p = 0) and RoRo (λ_p =
+   ``reward.weights.process``) train online on the explored problems → ``routers/<method>_lc<λ>/``;
+5. **evaluation**: SRM-only, LRM-only, random(p), confidence threshold, STEER (GMM fitted on the
+   exploration's step confidences), GRPO and RoRo routers on held-out test problems → ``report/``
+   (``report.md``, ``curves.png``, ``summary.json``, ``points.jsonl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from pipelines import toy as T
+from pipelines.rubric import jsonable, run_rubric_stage
+from roro_jax.eval.records import point_from_trajectories
+from roro_jax.eval.report import write_report
+from roro_jax.pairs import build_pairs_with_stats, write_pairs
+from roro_jax.router.baselines import SteerPolicy, fit_gmm2, lrm_only, srm_only
+from roro_jax.router.baselines import ConfidenceThreshold, RandomPolicy
+from roro_jax.router.exploration import exploration_suite
+from roro_jax.router.policies import RouterPolicy
+from roro_jax.store import TrajectoryStore
+from roro_jax.types import Trajectory
+
+METHODS = {"GRPO": "GRPO (outcome+cost)", "RoRo": "RoRo (outcome+process+cost)"}
+
+
+def quick_overrides() -> list[str]:
+    """What ``--quick`` changes: every stage still runs, each on a few problems / steps."""
+    return ["toy.explore_problems=24", "toy.test_problems=48", "toy.queries_per_update=4", "train.updates=3",
+            "grpo.group_size=4", "sweep.lambda_c=[0.3]", "sweep.random_rates=[0.3]", "sweep.thresholds=[0.99]",
+            "sweep.gammas=[0.5]", "exploration.random_rates=[0.3]", "exploration.thresholds=[0.99]",
+            "exploration.critical_k=[1]", "exploration.anti_k=[1]", "rubric.rounds=1", "rubric.judge.steps=8",
+            "rubric.rubricor.sft_steps=8", "rubric.rubricor.grpo_steps=1", "rubric.rubricor.grpo_queries=4",
+            "rubric.rubricor.max_new_tokens=64", "eval.n_boot=100"]
+
+
+def judge_process_fn(judge, book, queries: dict[str, str]) -> T.ProcessFn:
+    """RoRo's process reward: the Judge's score of each trajectory under its query's current rubric."""
+
+    def process(trajs: Sequence[Trajectory]) -> np.ndarray:
+        missing = sorted({t.query_id for t in trajs} - set(book.rubrics))
+        if missing:
+            raise KeyError(f"no rubric for queries {missing[:3]} (router problems must be explored ones)")
+        return np.asarray(judge.scores([(queries[t.query_id], book.rubrics[t.query_id], t) for t in trajs]),
+                          np.float32)
+
+    return process
+
+
+def step_confidences(trajs: Sequence[Trajectory]) -> np.ndarray:
+    return np.array([s.confidence for t in trajs for s in t.steps if s.confidence is not None], np.float64)
+
+
+def _router_cfg(cfg, out: Path, method: str, lam: float):
+    w = dict(cfg.reward.weights)
+    w["cost"] = float(lam)
+    if method == "GRPO":
+        w["process"] = 0.0
+    elif not w.get("process"):
+        raise ValueError("RoRo needs reward.weights.process > 0")
+    return dataclasses.replace(cfg, out_dir=str(out / "routers" / f"{method}_lc{lam:g}"),
+                               reward=dataclasses.replace(cfg.reward, weights=w))
+
+
+def run_toy_demo(cfg, *, progress: bool = True, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    t0 = time.time()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    def done(stage: str, msg: str) -> None:
+        times[stage] = time.time() - t0 - sum(times.values())
+        console.print(f"[bold green]✓[/] {stage}: {msg} [dim]({times[stage]:.0f} s)[/]")
+
+    engines = T.make_engines(cfg)
+    explore = T.train_problems(cfg)[:cfg.toy.explore_problems]
+    test = T.test_problems(cfg)
+    queries = {str(p.id): p.question for p in explore}
+
+    # 1. exploration
+    suite = exploration_suite(cfg.exploration)
+    trajs = list(TrajectoryStore(T.collect_exploration_stage(cfg, engines, progress=progress)).iter())
+    done("exploration", f"{len(trajs)} trajectories, {len(suite)} policies × {len(explore)} problems, "
+                        f"accuracy {np.mean([bool(t.correct) for t in trajs]):.3f}")
+
+    # 2. pairs
+    pairs, stats = build_pairs_with_stats(trajs, cfg.pairs, seed=cfg.seed)
+    write_pairs(out / "pairs.jsonl", pairs)
+    (out / "pairs_stats.json").write_text(json.dumps(stats, indent=1, default=str) + "\n")
+    kinds = {k: sum(p.kind == k for p in pairs) for k in ("outcome", "cost", "process")}
+    done("pairs", f"{len(pairs)} pairs ({', '.join(f'{k} {n}' for k, n in kinds.items())})")
+
+    # 3. rubric stage
+    rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out / "rubric"))
+    res = run_rubric_stage(rc, trajs, pairs, queries, log=lambda m: console.print(f"  [dim]{m}[/]"))
+    objects = res.pop("objects")
+    (out / "rubric" / "results.json").write_text(json.dumps(jsonable(res), indent=1, default=str) + "\n")
+    final = res["phases"][-1]["test"]["acc"]
+    done("rubric", f"held-out pair accuracy: rule-based {res['process_quality']['test']['acc']:.3f}, "
+                   + (f"no-rubric Judge {res['no_rubric']['test']['acc']:.3f}, " if "no_rubric" in res else "")
+                   + f"rubric Judge {final:.3f}")
+    process_fn = judge_process_fn(objects["judge"], objects["book"], queries)
+
+    # 4. routers
+    routers: dict[tuple[str, float], Any] = {}
+    for lam in cfg.sweep.lambda_c:
+        for method in METHODS:
+            rcfg = _router_cfg(cfg, out, method, lam)
+            learner, hist = T.train_router_toy(rcfg, engines, problems=explore,
+                                               process_fn=process_fn if method == "RoRo" else None,
+                                               progress=progress, desc=f"{method} λ_c={lam:g}")
+            routers[(method, lam)] = learner
+    done("routers", f"{len(routers)} routers × {cfg.train.updates} updates "
+                    f"({cfg.toy.queries_per_update} queries × G={cfg.grpo.group_size})")
+
+    # 5. evaluation on held-out problems: every policy routed concurrently
+    gmm = fit_gmm2(step_confidences(trajs))
+    specs: list[tuple[str, Any, str, str, Any]] = [("SRM-only", None, "", "srm", srm_only()),
+                                                   ("LRM-only", None, "", "lrm", lrm_only())]
+    specs += [("random", r, "rate", "method", RandomPolicy(r, seed=cfg.seed)) for r in cfg.sweep.random_rates]
+    specs += [("confidence-threshold", th, "threshold", "method", ConfidenceThreshold(th))
+              for th in cfg.sweep.thresholds]
+    specs += [("STEER", g, "gamma", "method", SteerPolicy(gmm, g)) for g in cfg.sweep.gammas]
+    for (method, lam), learner in routers.items():
+        specs.append((METHODS[method], lam, "lambda_c", "method",
+                      RouterPolicy(learner, learner.params, greedy=True, policy_id=f"{method}_lc{lam:g}")))
+    routed = T.route_many(cfg, engines, test, [s[4] for s in specs], seed=cfg.seed + 777, progress=progress,
+                          desc="evaluation")
+    points = [point_from_trajectories(name, routed[pol.policy_id], param=param, param_name=pname, role=role,
+                                      small_params=engines.small.n_params, large_params=engines.large.n_params)
+              for name, param, pname, role, pol in specs]
+    paths = write_report(points, out / "report", dataclasses.replace(cfg.eval, title="toy world, held-out problems"))
+    done("evaluation", f"{len(specs)} operating points on {len(test)} held-out problems")
+
+    table = Table(title=f"toy world: {len(test)} held-out problems (seed {cfg.seed})")
+    for col in ("method", "param", "accuracy", "large share"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for p in points:
+        table.add_row(p.method, "" if p.param is None else f"{p.param_name}={p.param:g}", f"{p.accuracy:.3f}",
+                      f"{p.large_share:.3f}")
+    console.print(table)
+    summary = json.loads(paths["summary"].read_text())
+    (out / "timings.json").write_text(json.dumps({**times, "total": time.time() - t0}, indent=1) + "\n")
+    console.print(f"report: {paths['report']}  plot: {paths['plot']}  ({time.time() - t0:.0f} s)")
+    return {"points": points, "paths": paths, "summary": summary, "rubric": jsonable(res), "times": times}
