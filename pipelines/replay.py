@@ -6,7 +6,9 @@ accuracy here is an ESTIMATE (mixed routes were never run; see ``roro_jax.worlds
 report says so.
 
 Routers are trained over the ``sweep.lambda_c`` sweep with ``reward = 1[correct] - λ_c * large_share``
-(outcome-only GRPO, TRIM-style). The process reward (λ_p) needs the Judge of the rubric stage.
+(outcome-only GRPO, TRIM-style) and, when ``reward.weights.process > 0``, also as RoRo: the rubric stage
+(Judge + Rubricor on the exploration suite's pairs of the *training* episodes) runs first, and
+``reward = 1[correct] + λ_p * Judge(query, rubric, trajectory) - λ_c * large_share``.
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ def sample_actions(learner: RouterLearner, params, world: ReplayWorld, idx: np.n
     return actions, feats, route, logp
 
 
-def make_collect(learner: RouterLearner, world: ReplayWorld, train_idx: np.ndarray, cfg):
+def make_collect(learner: RouterLearner, world: ReplayWorld, train_idx: np.ndarray, cfg, process_fn=None):
+    """``process_fn(trajectories) -> [N]`` scores the routes (RoRo); needed when ``reward.weights.process > 0``."""
     G, Q = cfg.grpo.group_size, min(cfg.replay.queries_per_update, len(train_idx))
-    if dict(cfg.reward.weights).get("process", 0.0):
-        raise ValueError("the replay pipeline has no Judge yet: set reward.weights.process=0")
+    use_process = bool(dict(cfg.reward.weights).get("process", 0.0))
+    if use_process and process_fn is None:
+        raise ValueError("reward.weights.process > 0 needs a process scorer (the Judge of the rubric stage)")
 
     def collect(params, key, k):
         rng = np.random.default_rng((cfg.seed, k))
@@ -64,7 +68,10 @@ def make_collect(learner: RouterLearner, world: ReplayWorld, train_idx: np.ndarr
         actions, feats, route, logp = sample_actions(learner, params, world, idx, rng)
         mask = route.decision_mask.astype(np.float32)
         correct = route.correct.astype(np.float32)
-        rewards, terms, adv = score_trajectories({"correct": correct, "large_share": route.large_share}, cfg)
+        rb = {"correct": correct, "large_share": route.large_share}
+        if use_process:
+            rb["process"] = np.asarray(process_fn(world.trajectories(actions, idx, policy_id="router")), np.float32)
+        rewards, terms, adv = score_trajectories(rb, cfg)
         batch = {"features": feats, "actions": actions.astype(np.int32), "old_logp": logp * mask, "mask": mask,
                  "advantages": np.asarray(adv)}
         info = {"reward": float(np.mean(rewards)), "accuracy": float(correct.mean()),
@@ -76,13 +83,31 @@ def make_collect(learner: RouterLearner, world: ReplayWorld, train_idx: np.ndarr
     return collect
 
 
-def train_router_replay(cfg, world: ReplayWorld | None = None, *, resume=True, stop_after=None, progress=True):
+def train_router_replay(cfg, world: ReplayWorld | None = None, *, resume=True, stop_after=None, progress=True,
+                        process_fn=None):
     world = world or make_world(cfg)
     train_idx, _ = split_indices(len(world), cfg.replay.train_frac, cfg.replay.split_seed)
     learner = RouterLearner(cfg, world.feature_family.dim)
-    hist = run_training(learner, make_collect(learner, world, train_idx, cfg), cfg, resume=resume,
+    hist = run_training(learner, make_collect(learner, world, train_idx, cfg, process_fn), cfg, resume=resume,
                         stop_after=stop_after, progress=progress, desc="router GRPO (replay)")
     return learner, hist
+
+
+def rubric_process_fn(cfg, world: ReplayWorld, train_idx: np.ndarray, out: Path):
+    """The rubric stage on the training episodes (exploration suite → pairs → Judge/Rubricor with the gate;
+    results in ``out/results.json``) and RoRo's process scorer: the final Judge under each query's rubric."""
+    import json
+
+    from pipelines.rubric import judge_process_fn, jsonable, replay_pairs, run_rubric_stage
+
+    train_eps = [world.episodes[i] for i in train_idx]
+    trajs, pairs, queries = replay_pairs(train_eps, seed=cfg.seed)
+    rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out))
+    res = run_rubric_stage(rc, trajs, pairs, queries)
+    objects = res.pop("objects")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(jsonable(res), indent=1, default=str) + "\n")
+    return judge_process_fn(objects["judge"], objects["book"], queries)
 
 
 def _point(world: ReplayWorld, idx, actions, method, *, role="method", param=None, param_name="") -> CurvePoint:
@@ -130,12 +155,17 @@ def run_replay(cfg, *, progress: bool = True) -> dict:
     world = make_world(cfg)
     train_idx, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.replay.split_seed)
     gmm = fit_steer(world, train_idx)
+    lam_p = float(dict(cfg.reward.weights).get("process", 0.0))
+    process_fn = rubric_process_fn(cfg, world, train_idx, out / "rubric") if lam_p else None
     learners = {}
     for lam in cfg.sweep.lambda_c:
-        run_cfg = dataclasses.replace(
-            cfg, out_dir=str(out / f"router_lc{lam}"),
-            reward=dataclasses.replace(cfg.reward, weights={**cfg.reward.weights, "cost": lam, "process": 0.0}))
-        learners[lam], _ = train_router_replay(run_cfg, world, progress=progress)
+        for method, wp in [("GRPO outcome-only", 0.0)] + ([("RoRo", lam_p)] if lam_p else []):
+            tag = "router" if method.startswith("GRPO") else "roro"
+            run_cfg = dataclasses.replace(
+                cfg, out_dir=str(out / f"{tag}_lc{lam}"),
+                reward=dataclasses.replace(cfg.reward, weights={**cfg.reward.weights, "cost": lam, "process": wp}))
+            learners[(method, lam)], _ = train_router_replay(run_cfg, world, progress=progress,
+                                                             process_fn=process_fn if wp else None)
     test_sets = {"math500_heldout": (world, test_idx)}
     for name in cfg.replay.extra_test:
         w = make_world(cfg, name)
@@ -144,9 +174,9 @@ def run_replay(cfg, *, progress: bool = True) -> dict:
     for name, (w, idx) in test_sets.items():
         pts = baseline_points(w, idx, cfg, gmm)
         rng = np.random.default_rng(cfg.seed)
-        for lam, learner in learners.items():
+        for (method, lam), learner in learners.items():
             actions, _, _, _ = sample_actions(learner, learner.params, w, idx, rng, greedy=True)
-            pts.append(_point(w, idx, actions, "GRPO outcome-only", param=lam, param_name="lambda_c"))
+            pts.append(_point(w, idx, actions, method, param=lam, param_name="lambda_c"))
         ecfg = dataclasses.replace(cfg.eval, title=f"Replay world ({name}): accuracy vs large-model token share")
         results[name] = write_report(pts, out / "report" / name, ecfg)
     return results

@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -121,6 +121,19 @@ def rubric_stage_from_files(cfg, trajectories_path, pairs_path, queries_path=Non
     path.write_text(json.dumps(res, indent=1, default=str) + "\n")
     print(results_table([res], "given"))
     return {**res, "path": path}
+
+
+def judge_process_fn(judge, book, queries: dict[str, str]) -> Callable[[Sequence[Trajectory]], np.ndarray]:
+    """RoRo's process reward: the Judge's score of each trajectory under its query's current rubric."""
+
+    def process(trajs: Sequence[Trajectory]) -> np.ndarray:
+        missing = sorted({t.query_id for t in trajs} - set(book.rubrics))
+        if missing:
+            raise KeyError(f"no rubric for queries {missing[:3]} (router problems must be explored ones)")
+        return np.asarray(judge.scores([(queries[t.query_id], book.rubrics[t.query_id], t) for t in trajs]),
+                          np.float32)
+
+    return process
 
 
 # ------------------------------------------------------------------------------------------ reporting

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines import toy as T
-from pipelines.rubric import jsonable, run_rubric_stage
+from pipelines.rubric import judge_process_fn, jsonable, run_rubric_stage
 from roro_jax.eval.records import point_from_trajectories
 from roro_jax.eval.report import write_report
 from roro_jax.pairs import build_pairs_with_stats, write_pairs
@@ -50,19 +50,6 @@ def quick_overrides() -> list[str]:
             "exploration.critical_k=[1]", "exploration.anti_k=[1]", "rubric.rounds=1", "rubric.judge.steps=8",
             "rubric.rubricor.sft_steps=8", "rubric.rubricor.grpo_steps=1", "rubric.rubricor.grpo_queries=4",
             "rubric.rubricor.max_new_tokens=64", "eval.n_boot=100"]
-
-
-def judge_process_fn(judge, book, queries: dict[str, str]) -> T.ProcessFn:
-    """RoRo's process reward: the Judge's score of each trajectory under its query's current rubric."""
-
-    def process(trajs: Sequence[Trajectory]) -> np.ndarray:
-        missing = sorted({t.query_id for t in trajs} - set(book.rubrics))
-        if missing:
-            raise KeyError(f"no rubric for queries {missing[:3]} (router problems must be explored ones)")
-        return np.asarray(judge.scores([(queries[t.query_id], book.rubrics[t.query_id], t) for t in trajs]),
-                          np.float32)
-
-    return process
 
 
 def step_confidences(trajs: Sequence[Trajectory]) -> np.ndarray:

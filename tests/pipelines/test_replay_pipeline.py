@@ -82,3 +82,29 @@ def test_replay_on_real_episodes(tmp_path):
     summary = json.loads(res["aime2025"]["summary"].read_text())
     print(json.dumps({k: summary[k] for k in summary if k in ("endpoints",)}, default=str)[:500])
     assert "≈" in res["aime2025"]["report"].read_text()
+
+
+def test_replay_pipeline_trains_roro_with_the_judge(episodes, tmp_path):
+    """reward.weights.process > 0: the rubric stage runs on the training episodes, RoRo routers train on
+    the Judge's scores (logged as reward/process) and are reported beside outcome-only GRPO."""
+    cfg = cfg_for(episodes, tmp_path, ["reward.weights.process=0.5", "rubric.rounds=1", "rubric.judge.steps=4",
+                                       "rubric.no_rubric_baseline=false", "rubric.rubricor.sft_steps=4",
+                                       "rubric.rubricor.grpo_steps=1", "rubric.rubricor.grpo_queries=2",
+                                       "rubric.rubricor.max_new_tokens=48", "rubric.gate.min_pairs=1"])
+    res = run_replay(cfg, progress=False)
+    report = res["math500_heldout"]["report"].read_text()
+    assert "RoRo" in report and "GRPO outcome-only" in report
+    roro = [json.loads(x) for x in (tmp_path / "roro_lc0.1" / "metrics.jsonl").read_text().splitlines()]
+    grpo = [json.loads(x) for x in (tmp_path / "router_lc0.1" / "metrics.jsonl").read_text().splitlines()]
+    assert len(roro) == 3 and all(0.0 <= r["reward/process"] <= 1.0 for r in roro)
+    assert "reward/process" not in grpo[0]
+    rubric = json.loads((tmp_path / "rubric" / "results.json").read_text())
+    assert [g["phase"] for g in rubric["gate"]] == ["judge", "rubricor"]
+
+
+def test_replay_process_weight_without_scorer_is_an_error(episodes, tmp_path):
+    cfg = cfg_for(episodes, tmp_path, ["reward.weights.process=0.5"])
+    world = ReplayWorld(episodes)
+    learner = RouterLearner(cfg, world.feature_family.dim)
+    with pytest.raises(ValueError, match="process scorer"):
+        make_collect(learner, world, np.arange(10), cfg)
