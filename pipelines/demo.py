@@ -1,7 +1,7 @@
 """``roro demo``: the pipeline end to end on a built-in world (``world`` in the config).
 
 - ``toy`` (``configs/demo.yaml``, what ``make demo`` runs): the whole RoRo pipeline with the shipped toy
-  models, see :mod:`pipelines.toy_demo`;
+  models, see :mod:`pipelines.roro`;
 - ``synthetic``: GRPO routers over a λ_c sweep on the synthetic routing world
   (``roro_jax.worlds.synthetic``) against SRM-only, LRM-only, random escalation and a confidence threshold,
   with exact expected accuracy (P(correct) = (1 - fail_prob)^(critical steps kept)).
@@ -49,7 +49,7 @@ def demo_config(path=None, overrides=(), quick: bool = False):
 
     cfg = load_config(path, overrides)
     if quick and cfg.world == "toy":
-        from pipelines.toy_demo import quick_overrides
+        from pipelines.roro import quick_overrides
 
         cfg = load_config(path, [*quick_overrides(), *overrides])
     return cfg
@@ -58,9 +58,9 @@ def demo_config(path=None, overrides=(), quick: bool = False):
 def run_demo(cfg, quick: bool = False, progress: bool = True) -> dict:
     """Run the demo of ``cfg.world`` (``cfg`` from :func:`demo_config`)."""
     if cfg.world == "toy":
-        from pipelines.toy_demo import run_toy_demo
+        from pipelines.roro import run_roro
 
-        return run_toy_demo(cfg, progress=progress)
+        return run_roro(cfg, progress=progress)
     if cfg.world == "synthetic":
         return run_synthetic_demo(cfg, quick=quick)
     raise ValueError(f"roro demo: world={cfg.world!r} has no demo (toy, synthetic); use `roro router` / `roro eval`")

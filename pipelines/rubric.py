@@ -47,21 +47,24 @@ def replay_pairs(episodes=None, *, pairs_cfg: PairsConfig | None = None, seed: i
     return trajs, pairs, {e.id: e.query for e in world.episodes}
 
 
-def toy_pairs(n_problems: int = 64, *, pairs_cfg: PairsConfig | None = None, seed: int = 0, rollout_cfg=None
+def toy_pairs(n_problems: int = 64, *, pairs_cfg: PairsConfig | None = None, seed: int = 0, config=None
               ) -> tuple[list[Trajectory], list[PreferencePair], dict[str, str]]:
     """Toy-world trajectories of the exploration suite (the shipped tiny SRM/LRM through the stepwise
-    rollout with the Flax engine; ``n_problems`` held-out toy problems, one sample per policy), their
-    pairs and the query texts. Then ``run_rubric_stage(cfg, *toy_pairs())`` gives the toy-world results."""
-    from roro_jax.engines.flax_engine import FlaxEngine
-    from roro_jax.rollout import RolloutConfig, rollout_sync
-    from roro_jax.router.exploration import ExplorationConfig, exploration_suite
-    from roro_jax.worlds.toy import toy_heldout, toy_model_dir
+    rollout with the Flax engines), their pairs and the query texts: ``n_problems`` training problems,
+    routed as ``roro demo`` routes them (``config``: a project config; default ``configs/demo.yaml``).
+    Then ``run_rubric_stage(cfg, *toy_pairs())`` gives the toy-world results."""
+    import dataclasses
 
-    problems = toy_heldout(n_problems, seed=seed)
-    small, large = FlaxEngine(str(toy_model_dir("small"))), FlaxEngine(str(toy_model_dir("large")))
-    trajs: list[Trajectory] = []
-    for pol in exploration_suite(ExplorationConfig(seed=seed)):
-        trajs += rollout_sync(problems, small, large, pol, rollout_cfg or RolloutConfig(), seed=seed)
+    from pipelines import toy as T
+    from roro_jax.config import load_config
+    from roro_jax.paths import REPO_ROOT
+    from roro_jax.router.exploration import exploration_suite
+
+    cfg = config or load_config(REPO_ROOT / "configs" / "demo.yaml")
+    problems = T.train_problems(cfg)[:n_problems]
+    suite = exploration_suite(dataclasses.replace(cfg.exploration, seed=seed))
+    routed = T.route_many(cfg, T.make_engines(cfg), problems, suite, seed=seed, desc="exploration")
+    trajs = [t for pol in suite for t in routed[pol.policy_id]]
     pairs = build_pairs(trajs, pairs_cfg or PairsConfig(max_per_kind=6), seed=seed)
     return trajs, pairs, {str(p.id): p.question for p in problems}
 

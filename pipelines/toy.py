@@ -16,7 +16,7 @@ import numpy as np
 from roro_jax.engines.flax_engine import FlaxEngine
 from roro_jax.eval.records import CurvePoint, point_from_trajectories
 from roro_jax.rl.trainer import RouterLearner, run_training, score_trajectories
-from roro_jax.rollout import rollout, rollout_sync
+from roro_jax.rollout import default_prompt, rollout, rollout_sync
 from roro_jax.router.features import get_family
 from roro_jax.router.policies import ConstantPolicy, Policy, RouterPolicy
 from roro_jax.store import TrajectoryStore
@@ -50,10 +50,25 @@ def test_problems(cfg) -> list:
     return toy.generate(cfg.toy.test_problems, toy_task_config(), seed=cfg.toy.problem_seed, split="test")
 
 
+def settings(cfg):
+    """The world's problem counts (``explore_problems``, ``test_problems``, ``queries_per_update``):
+    ``cfg.live`` for the live world, else ``cfg.toy``."""
+    return cfg.live if cfg.world == "live" else cfg.toy
+
+
+def prompt_fn(cfg):
+    """Problem -> prompt text: the live world's ``live.prompt_template``; else the rollout's default."""
+    if cfg.world == "live":
+        from pipelines.live import prompt_fn as live_prompt
+
+        return live_prompt(cfg)
+    return default_prompt
+
+
 def route(cfg, engines: ToyEngines, problems, policy: Policy, *, group_size: int = 1, seed: int = 0,
           store=None) -> list[Trajectory]:
     return rollout_sync(problems, engines.small, engines.large, policy, cfg.rollout, group_size=group_size,
-                        seed=seed, store=store, feature_family=cfg.router.features)
+                        seed=seed, store=store, feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg))
 
 
 def route_many(cfg, engines: ToyEngines, problems, policies: Sequence[Policy], *, seed: int = 0, store=None,
@@ -72,7 +87,7 @@ def route_many(cfg, engines: ToyEngines, problems, policies: Sequence[Policy], *
 
         async def one(pol):
             trajs = await rollout(problems, engines.small, engines.large, pol, cfg.rollout, seed=seed, store=store,
-                                  feature_family=cfg.router.features)
+                                  feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg))
             bar.update(1)
             return trajs
 
@@ -93,15 +108,16 @@ def collect_exploration(cfg, engines: ToyEngines, policies: Sequence[Policy], pr
     return list(store.iter())
 
 
-def collect_exploration_stage(cfg, engines: ToyEngines | None = None, *, progress: bool = True) -> Path:
-    """``roro collect`` (toy world): the exploration suite (``cfg.exploration``) on ``toy.explore_problems``
+def collect_exploration_stage(cfg, engines: ToyEngines | None = None, problems=None, *, progress: bool = True
+                              ) -> Path:
+    """``roro collect``: the exploration suite (``cfg.exploration``) on the first ``explore_problems``
     training problems → ``<out_dir>/exploration/trajectories.jsonl`` (+ ``queries.json``: id → text)."""
     import json
 
     from roro_jax.router.exploration import exploration_suite
 
     engines = engines or make_engines(cfg)
-    problems = train_problems(cfg)[:cfg.toy.explore_problems]
+    problems = train_problems(cfg)[:settings(cfg).explore_problems] if problems is None else problems
     out = Path(cfg.out_dir) / "exploration"
     out.mkdir(parents=True, exist_ok=True)
     (out / "queries.json").write_text(json.dumps({str(p.id): p.question for p in problems}, indent=1) + "\n")
@@ -127,7 +143,7 @@ def reward_batch(trajs: Sequence[Trajectory], process_fn: ProcessFn | None = Non
 def make_collect(learner: RouterLearner, engines: ToyEngines, problems, cfg, process_fn: ProcessFn | None = None):
     """``collect(params, key, k)``: route ``queries_per_update`` training problems × G samples with the
     current (sampling) router through the Flax engines, score and pad them into a GRPO batch."""
-    G, Q, T = cfg.grpo.group_size, cfg.toy.queries_per_update, cfg.rollout.max_steps
+    G, Q, T = cfg.grpo.group_size, settings(cfg).queries_per_update, cfg.rollout.max_steps
     weights = dict(cfg.reward.weights)
     if weights.get("process", 0.0) and process_fn is None:
         raise ValueError("reward.weights.process > 0 needs a process scorer (the Judge of the rubric stage)")

@@ -43,8 +43,9 @@ def cmd_config(args) -> int:
 
 
 ROUTER_TRAINERS = {"synthetic": "pipelines.router_synthetic:train_router_synthetic",
-                   "replay": "pipelines.replay:train_router_replay"}
-EVAL_PIPELINES = {"replay": "pipelines.replay:run_replay"}
+                   "replay": "pipelines.replay:train_router_replay", "toy": "pipelines.toy:train_router_toy"}
+EVAL_PIPELINES = {"replay": "pipelines.replay:run_replay", "toy": "pipelines.roro:eval_pipeline",
+                  "live": "pipelines.roro:eval_pipeline"}
 
 
 def _resolve(table: dict, world: str, what: str):
@@ -82,7 +83,7 @@ def cmd_pairs(args) -> int:
     return 0
 
 
-COLLECTORS = {"toy": "pipelines.toy:collect_exploration_stage"}
+COLLECTORS = {"toy": "pipelines.roro:collect_stage", "live": "pipelines.roro:collect_stage"}
 
 
 def cmd_collect(args) -> int:

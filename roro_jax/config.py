@@ -119,6 +119,20 @@ class ToyWorldConfig:
 
 
 @dataclass
+class LiveWorldConfig:
+    """Real models behind ``engines`` (vLLM servers in real use) on a shipped benchmark (``roro eval``)."""
+
+    benchmark: str = "math500"  # shipped name or JSONL path (roro_jax.tasks.load_benchmark)
+    test_benchmark: Optional[str] = None  # None: the held-out part of ``benchmark``
+    train_frac: float = 0.5
+    split_seed: int = 0
+    explore_problems: int = 64  # training problems routed by the exploratory policies (and trained on)
+    test_problems: int = 0  # 0 = every held-out problem
+    queries_per_update: int = 16
+    prompt_template: str = "{question}\n\n"  # str.format with the problem's fields (put a chat template here)
+
+
+@dataclass
 class EngineConfig:
     """Arguments of ``roro_jax.engines.make_engine(kind, **rest)`` for one role (small or large model).
 
@@ -180,6 +194,7 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    live: LiveWorldConfig = field(default_factory=LiveWorldConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     engines: EnginesConfig = field(default_factory=EnginesConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -40,7 +40,7 @@ def cfg_for(episodes, out, extra=()):
     return load_config(REPO_ROOT / "configs/replay_math500.yaml",
                        [f"replay.episodes={episodes}", "replay.extra_test=[]", f"out_dir={out}", "train.updates=3",
                         "replay.queries_per_update=8", "grpo.group_size=4", "sweep.lambda_c=[0.1]",
-                        "eval.n_boot=50", *extra])
+                        "eval.n_boot=50", "reward.weights.process=0", *extra])
 
 
 def test_collect_builds_a_valid_grpo_batch(episodes, tmp_path):
@@ -74,7 +74,8 @@ def test_replay_pipeline_writes_labelled_reports(episodes, tmp_path):
 @pytest.mark.shared_data
 def test_replay_on_real_episodes(tmp_path):
     cfg = load_config(REPO_ROOT / "configs/replay_math500.yaml",
-                      [f"out_dir={tmp_path}", "train.updates=2", "sweep.lambda_c=[0.1]", "eval.n_boot=50"])
+                      [f"out_dir={tmp_path}", "train.updates=2", "sweep.lambda_c=[0.1]", "eval.n_boot=50",
+                       "reward.weights.process=0"])
     learner, hist = train_router_replay(cfg, progress=False)
     assert len(hist) == 2 and all(np.isfinite(h["loss"]) for h in hist)
     res = run_replay(cfg, progress=False)

@@ -148,3 +148,29 @@ def test_quick_demo_runs_every_stage(tmp_path):
     for name in ("report.md", "curves.png", "summary.json", "points.jsonl"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert "RoRo (outcome+process+cost)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_live_world_inputs(tmp_path):
+    """The live world's inputs: a seeded benchmark split, the prompt template, engines from the config."""
+    from pipelines import live
+
+    from roro_jax.tasks import toy
+
+    probs = toy.generate(10, seed=1, split="test")
+    bench = tmp_path / "b.jsonl"
+    bench.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n" for p in probs))
+    cfg = load_config(None, ["world=live", f"live.benchmark={bench}", "live.train_frac=0.6", "live.test_problems=3",
+                             "live.prompt_template='Q: {question} ='"])
+    train, test = live.train_problems(cfg), live.test_problems(cfg)
+    assert len(train) == 6 and len(test) == 3
+    assert not {p.id for p in train} & {p.id for p in live._split(cfg)[1]}
+    assert live.prompt_fn(cfg)(train[0]) == f"Q: {train[0].question} ="
+    assert T.prompt_fn(cfg)(train[0]) == live.prompt_fn(cfg)(train[0])
+    with pytest.raises(ValueError, match="engines.small.model"):
+        live.make_engines(cfg)
+    from roro_jax.worlds.toy import toy_model_dir
+
+    cfg = load_config(None, ["world=live", f"engines.small.model={toy_model_dir('small')}",
+                             f"engines.large.model={toy_model_dir('large')}"])
+    eng = live.make_engines(cfg)
+    assert eng.small.n_params == eng.large.n_params > 0

@@ -1,10 +1,13 @@
-"""``roro demo`` on the toy world: the whole RoRo pipeline with the shipped toy models, on a CPU.
+"""The whole RoRo pipeline: ``roro demo`` on the toy world (shipped toy models, on a CPU) and
+``roro eval`` on the live world (real models behind ``engines``, e.g. vLLM servers; a shipped benchmark).
 
 Stages (each a plain call into the library; everything is written under ``cfg.out_dir``):
 
 1. **exploration**: the exploration suite (random rates, confidence thresholds, critical-first windows,
-   anti-critical controls) routes ``toy.explore_problems`` training problems through the stepwise rollout
-   (Flax engines, shipped SRM/LRM) → ``exploration/trajectories.jsonl``;
+   anti-critical controls) routes ``explore_problems`` (``toy.`` / ``live.``) training problems through the
+   stepwise rollout
+   (toy: Flax engines with the shipped SRM/LRM; live: ``engines.small/large``) →
+   ``exploration/trajectories.jsonl``;
 2. **pairs**: outcome / cost / process preference pairs per query → ``pairs.jsonl``, ``pairs_stats.json``;
 3. **rubric**: Judge and Rubricor trained alternately with the validation gate → ``rubric/`` (gate log,
    checkpoints, ``results.json``); the final Judge under each query's rubric is RoRo's process reward;
@@ -67,7 +70,30 @@ def _router_cfg(cfg, out: Path, method: str, lam: float):
                                reward=dataclasses.replace(cfg.reward, weights=w))
 
 
-def run_toy_demo(cfg, *, progress: bool = True, console: Console | None = None) -> dict[str, Any]:
+WORLDS = {"toy": "pipelines.toy", "live": "pipelines.live"}  # modules with make_engines / train_ / test_problems
+
+
+def world_module(cfg):
+    import importlib
+
+    if cfg.world not in WORLDS:
+        raise ValueError(f"the RoRo pipeline runs on worlds {sorted(WORLDS)}, not {cfg.world!r} "
+                         "(the replay world: pipelines.replay)")
+    return importlib.import_module(WORLDS[cfg.world])
+
+
+def collect_stage(cfg) -> Path:
+    """``roro collect`` on any world of :data:`WORLDS`."""
+    W = world_module(cfg)
+    return T.collect_exploration_stage(cfg, W.make_engines(cfg), W.train_problems(cfg)[:T.settings(cfg).explore_problems])
+
+
+def eval_pipeline(cfg) -> dict[str, dict]:
+    """``roro eval`` on the toy / live world: the whole pipeline; ``{world: report paths}``."""
+    return {cfg.world: run_roro(cfg)["paths"]}
+
+
+def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     t0 = time.time()
     out = Path(cfg.out_dir)
@@ -78,14 +104,15 @@ def run_toy_demo(cfg, *, progress: bool = True, console: Console | None = None) 
         times[stage] = time.time() - t0 - sum(times.values())
         console.print(f"[bold green]✓[/] {stage}: {msg} [dim]({times[stage]:.0f} s)[/]")
 
-    engines = T.make_engines(cfg)
-    explore = T.train_problems(cfg)[:cfg.toy.explore_problems]
-    test = T.test_problems(cfg)
+    W = world_module(cfg)
+    engines = W.make_engines(cfg)
+    explore = W.train_problems(cfg)[:T.settings(cfg).explore_problems]
+    test = W.test_problems(cfg)
     queries = {str(p.id): p.question for p in explore}
 
     # 1. exploration
     suite = exploration_suite(cfg.exploration)
-    trajs = list(TrajectoryStore(T.collect_exploration_stage(cfg, engines, progress=progress)).iter())
+    trajs = list(TrajectoryStore(T.collect_exploration_stage(cfg, engines, explore, progress=progress)).iter())
     done("exploration", f"{len(trajs)} trajectories, {len(suite)} policies × {len(explore)} problems, "
                         f"accuracy {np.mean([bool(t.correct) for t in trajs]):.3f}")
 
@@ -117,7 +144,7 @@ def run_toy_demo(cfg, *, progress: bool = True, console: Console | None = None) 
                                                progress=progress, desc=f"{method} λ_c={lam:g}")
             routers[(method, lam)] = learner
     done("routers", f"{len(routers)} routers × {cfg.train.updates} updates "
-                    f"({cfg.toy.queries_per_update} queries × G={cfg.grpo.group_size})")
+                    f"({T.settings(cfg).queries_per_update} queries × G={cfg.grpo.group_size})")
 
     # 5. evaluation on held-out problems: every policy routed concurrently
     gmm = fit_gmm2(step_confidences(trajs))
@@ -135,10 +162,10 @@ def run_toy_demo(cfg, *, progress: bool = True, console: Console | None = None) 
     points = [point_from_trajectories(name, routed[pol.policy_id], param=param, param_name=pname, role=role,
                                       small_params=engines.small.n_params, large_params=engines.large.n_params)
               for name, param, pname, role, pol in specs]
-    paths = write_report(points, out / "report", dataclasses.replace(cfg.eval, title="toy world, held-out problems"))
+    paths = write_report(points, out / "report", dataclasses.replace(cfg.eval, title=f"{cfg.world} world, held-out problems"))
     done("evaluation", f"{len(specs)} operating points on {len(test)} held-out problems")
 
-    table = Table(title=f"toy world: {len(test)} held-out problems (seed {cfg.seed})")
+    table = Table(title=f"{cfg.world} world: {len(test)} held-out problems (seed {cfg.seed})")
     for col in ("method", "param", "accuracy", "large share"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for p in points:
