@@ -107,7 +107,7 @@ async def routed_run(problems, small, large, policy, cfg, group, seed):
     from roro_jax.rollout import rollout
 
     stats: dict = {}
-    busy0 = {e.name: dict(getattr(e, "stats", {})) for e in (small, large)}
+    busy0 = {e.name: _stats(e) for e in (small, large)}
     t0 = time.perf_counter()
     trajs = await rollout(problems, small, large, policy, cfg, group_size=group, seed=seed, stats=stats)
     wall = time.perf_counter() - t0
@@ -125,7 +125,7 @@ async def plain_run(prompts_small, prompts_large, small, large, tokens_small, to
 
     from roro_jax.engines.base import StepRequest
 
-    busy0 = {e.name: dict(getattr(e, "stats", {})) for e in (small, large)}
+    busy0 = {e.name: _stats(e) for e in (small, large)}
 
     async def one(engine, prompt_ids, max_tokens, s):
         params = replace(cfg.small_params(), max_tokens=max_tokens, stop=())
@@ -146,10 +146,16 @@ async def plain_run(prompts_small, prompts_large, small, large, tokens_small, to
     return out
 
 
+def _stats(e) -> dict:
+    """The Flax engine's busy-time counters (a dict attribute); {} for engines without them (servers)."""
+    st = getattr(e, "stats", None)
+    return dict(st) if isinstance(st, dict) else {}
+
+
 def _engine_deltas(small, large, before):
     out = {}
     for e in (small, large):
-        st = getattr(e, "stats", None)
+        st = _stats(e)
         if st and "busy_s" in st:
             out[f"{e.name}_busy_s"] = st["busy_s"] - before[e.name].get("busy_s", 0.0)
             out[f"{e.name}_batches"] = st["batches"] - before[e.name].get("batches", 0)
