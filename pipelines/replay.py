@@ -98,7 +98,7 @@ def rubric_process_fn(cfg, world: ReplayWorld, train_idx: np.ndarray, out: Path)
     results in ``out/results.json``) and RoRo's process scorer: the final Judge under each query's rubric."""
     import json
 
-    from pipelines.rubric import judge_process_fn, jsonable, replay_pairs, run_rubric_stage
+    from pipelines.rubric import jsonable, process_scorer, replay_pairs, run_rubric_stage
 
     train_eps = [world.episodes[i] for i in train_idx]
     trajs, pairs, queries = replay_pairs(train_eps, seed=cfg.seed)
@@ -107,7 +107,7 @@ def rubric_process_fn(cfg, world: ReplayWorld, train_idx: np.ndarray, out: Path)
     objects = res.pop("objects")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(jsonable(res), indent=1, default=str) + "\n")
-    return judge_process_fn(objects["judge"], objects["book"], queries)
+    return process_scorer(cfg.reward.process_scorer, objects, queries)
 
 
 def _point(world: ReplayWorld, idx, actions, method, *, role="method", param=None, param_name="") -> CurvePoint:

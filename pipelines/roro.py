@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines import toy as T
-from pipelines.rubric import judge_process_fn, jsonable, run_rubric_stage
+from pipelines.rubric import jsonable, process_scorer, run_rubric_stage
 from roro_jax.eval.records import point_from_trajectories
 from roro_jax.eval.report import write_report
 from roro_jax.pairs import build_pairs_with_stats, write_pairs
@@ -132,7 +132,7 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
     done("rubric", f"held-out pair accuracy: rule-based {res['process_quality']['test']['acc']:.3f}, "
                    + (f"no-rubric Judge {res['no_rubric']['test']['acc']:.3f}, " if "no_rubric" in res else "")
                    + f"rubric Judge {final:.3f}")
-    process_fn = judge_process_fn(objects["judge"], objects["book"], queries)
+    process_fn = process_scorer(cfg.reward.process_scorer, objects, queries)
 
     # 4. routers
     routers: dict[tuple[str, float], Any] = {}
@@ -155,7 +155,10 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
               for th in cfg.sweep.thresholds]
     specs += [("STEER", g, "gamma", "method", SteerPolicy(gmm, g)) for g in cfg.sweep.gammas]
     for (method, lam), learner in routers.items():
-        specs.append((METHODS[method], lam, "lambda_c", "method",
+        label = METHODS[method]
+        if method == "RoRo" and cfg.reward.process_scorer != "judge":
+            label = f"RoRo, {cfg.reward.process_scorer} process score (ablation)"
+        specs.append((label, lam, "lambda_c", "method",
                       RouterPolicy(learner, learner.params, greedy=True, policy_id=f"{method}_lc{lam:g}")))
     routed = T.route_many(cfg, engines, test, [s[4] for s in specs], seed=cfg.seed + 777, progress=progress,
                           desc="evaluation")

@@ -139,6 +139,36 @@ def judge_process_fn(judge, book, queries: dict[str, str]) -> Callable[[Sequence
     return process
 
 
+def _rule_process_fn(objects, queries):
+    from roro_jax.pairs import process_quality
+
+    return lambda trajs: np.array([process_quality(t) for t in trajs], np.float32)
+
+
+def _no_rubric_process_fn(objects, queries):
+    if "no_rubric_judge" not in objects:
+        raise ValueError("process_scorer=no_rubric_judge needs rubric.no_rubric_baseline=true")
+    judge = objects["no_rubric_judge"]
+    return lambda trajs: np.asarray(judge.scores([(queries[t.query_id], None, t) for t in trajs]), np.float32)
+
+
+# reward.process_scorer -> (rubric-stage objects, query texts) -> process scorer; add your own here
+PROCESS_SCORERS: dict[str, Callable[..., Callable[[Sequence[Trajectory]], np.ndarray]]] = {
+    "judge": lambda objects, queries: judge_process_fn(objects["judge"], objects["book"], queries),
+    "no_rubric_judge": _no_rubric_process_fn,
+    "rule": _rule_process_fn,
+}
+
+
+def process_scorer(name: str, objects: dict, queries: dict[str, str]) -> Callable[[Sequence[Trajectory]], np.ndarray]:
+    """RoRo's process reward by name (``reward.process_scorer``): ``judge`` (the rubric Judge under the
+    Rubricor's rubric; RoRo), ``no_rubric_judge`` (ablation), ``rule`` (the rule-based process score of
+    :func:`roro_jax.pairs.process_quality`; ablation)."""
+    if name not in PROCESS_SCORERS:
+        raise KeyError(f"unknown process scorer {name!r}; known: {sorted(PROCESS_SCORERS)}")
+    return PROCESS_SCORERS[name](objects, queries)
+
+
 # ------------------------------------------------------------------------------------------ reporting
 
 def _ms(xs) -> str:

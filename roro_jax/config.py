@@ -61,6 +61,8 @@ class RewardConfig:
     # reward term name -> weight; terms come from roro_jax.rl.rewards' registry
     weights: dict[str, float] = field(default_factory=lambda: {"outcome": 1.0, "cost": 0.3, "process": 0.0})
     combine: str = _choice("sum_then_normalize", "sum_then_normalize", "normalize_then_sum")
+    # what scores the process term (pipelines.rubric.PROCESS_SCORERS): judge (RoRo) | no_rubric_judge | rule
+    process_scorer: str = "judge"
 
 
 @dataclass

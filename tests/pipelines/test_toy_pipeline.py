@@ -174,3 +174,16 @@ def test_live_world_inputs(tmp_path):
                              f"engines.large.model={toy_model_dir('large')}"])
     eng = live.make_engines(cfg)
     assert eng.small.n_params == eng.large.n_params > 0
+
+
+def test_process_scorers_registry():
+    from pipelines.rubric import PROCESS_SCORERS, process_scorer
+
+    trajs = [_traj("a", 0, [KEEP, ESCALATE], True), _traj("a", 1, [ESCALATE, ESCALATE], True)]
+    rule = process_scorer("rule", {}, {"a": "1 + 2"})(trajs)
+    np.testing.assert_allclose(rule, [process_quality(t) for t in trajs])
+    assert {"judge", "no_rubric_judge", "rule"} <= set(PROCESS_SCORERS)
+    with pytest.raises(KeyError, match="unknown process scorer"):
+        process_scorer("nope", {}, {})
+    with pytest.raises(ValueError, match="no_rubric_baseline"):
+        process_scorer("no_rubric_judge", {}, {})
