@@ -85,7 +85,8 @@ def world_module(cfg):
 def collect_stage(cfg) -> Path:
     """``roro collect`` on any world of :data:`WORLDS`."""
     W = world_module(cfg)
-    return T.collect_exploration_stage(cfg, W.make_engines(cfg), W.train_problems(cfg)[:T.settings(cfg).explore_problems])
+    problems = W.train_problems(cfg)[:T.settings(cfg).explore_problems]
+    return T.collect_exploration_stage(cfg, W.make_engines(cfg), problems)
 
 
 def eval_pipeline(cfg) -> dict[str, dict]:
@@ -165,7 +166,8 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
     points = [point_from_trajectories(name, routed[pol.policy_id], param=param, param_name=pname, role=role,
                                       small_params=engines.small.n_params, large_params=engines.large.n_params)
               for name, param, pname, role, pol in specs]
-    paths = write_report(points, out / "report", dataclasses.replace(cfg.eval, title=f"{cfg.world} world, held-out problems"))
+    ecfg = dataclasses.replace(cfg.eval, title=f"{cfg.world} world, held-out problems")
+    paths = write_report(points, out / "report", ecfg)
     done("evaluation", f"{len(specs)} operating points on {len(test)} held-out problems")
 
     table = Table(title=f"{cfg.world} world: {len(test)} held-out problems (seed {cfg.seed})")

@@ -137,7 +137,8 @@ def test_quick_demo_runs_every_stage(tmp_path):
     gate = [json.loads(ln) for ln in (tmp_path / "rubric" / "gate.jsonl").read_text().splitlines()]
     assert [g["phase"] for g in gate] == ["judge", "rubricor"]
     for method in ("GRPO", "RoRo"):
-        log = [json.loads(ln) for ln in (tmp_path / "routers" / f"{method}_lc0.3" / "metrics.jsonl").read_text().splitlines()]
+        log_path = tmp_path / "routers" / f"{method}_lc0.3" / "metrics.jsonl"
+        log = [json.loads(ln) for ln in log_path.read_text().splitlines()]
         assert len(log) == 3
         assert ("reward/process" in log[0]) == (method == "RoRo")
     summary = res["summary"]
