@@ -101,7 +101,7 @@ def rubric_process_fn(cfg, world: ReplayWorld, train_idx: np.ndarray, out: Path)
     from pipelines.rubric import jsonable, process_scorer, replay_pairs, run_rubric_stage
 
     train_eps = [world.episodes[i] for i in train_idx]
-    trajs, pairs, queries = replay_pairs(train_eps, seed=cfg.seed)
+    trajs, pairs, queries = replay_pairs(train_eps, pairs_cfg=cfg.pairs, seed=cfg.seed)
     rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out))
     res = run_rubric_stage(rc, trajs, pairs, queries)
     objects = res.pop("objects")
