@@ -89,6 +89,27 @@ def collect_stage(cfg) -> Path:
     return T.collect_exploration_stage(cfg, W.make_engines(cfg), problems)
 
 
+def train_router(cfg, *, resume: bool = True, progress: bool = True):
+    """``roro router`` on the toy / live world: one router with ``cfg.reward.weights`` on the explored
+    problems. With a process weight, the exploration (resumed from ``out_dir``), pairs and rubric stages run
+    first and the process term is ``reward.process_scorer`` (RoRo: the rubric Judge)."""
+    W = world_module(cfg)
+    engines = W.make_engines(cfg)
+    explore = W.train_problems(cfg)[:T.settings(cfg).explore_problems]
+    process_fn = None
+    if dict(cfg.reward.weights).get("process", 0.0):
+        out = Path(cfg.out_dir)
+        trajs = list(TrajectoryStore(T.collect_exploration_stage(cfg, engines, explore, progress=progress)).iter())
+        pairs, _ = build_pairs_with_stats(trajs, cfg.pairs, seed=cfg.seed)
+        rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out / "rubric"))
+        res = run_rubric_stage(rc, trajs, pairs, {str(p.id): p.question for p in explore})
+        process_fn = process_scorer(cfg.reward.process_scorer, res.pop("objects"),
+                                    {str(p.id): p.question for p in explore})
+        cfg = dataclasses.replace(cfg, out_dir=str(out / "router"))
+    return T.train_router_toy(cfg, engines, problems=explore, process_fn=process_fn, resume=resume,
+                              progress=progress, desc=f"router GRPO ({cfg.world})")
+
+
 def eval_pipeline(cfg) -> dict[str, dict]:
     """``roro eval`` on the toy / live world: the whole pipeline; ``{world: report paths}``."""
     return {cfg.world: run_roro(cfg)["paths"]}

@@ -43,7 +43,8 @@ def cmd_config(args) -> int:
 
 
 ROUTER_TRAINERS = {"synthetic": "pipelines.router_synthetic:train_router_synthetic",
-                   "replay": "pipelines.replay:train_router_replay", "toy": "pipelines.toy:train_router_toy"}
+                   "replay": "pipelines.replay:train_router_replay", "toy": "pipelines.roro:train_router",
+                   "live": "pipelines.roro:train_router"}
 EVAL_PIPELINES = {"replay": "pipelines.replay:run_replay", "toy": "pipelines.roro:eval_pipeline",
                   "live": "pipelines.roro:eval_pipeline"}
 

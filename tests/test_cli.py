@@ -63,3 +63,19 @@ def test_collect_pairs_rubric_commands_chain(tmp_path, capsys):
 def test_collect_rejects_a_world_without_collector(capsys):
     assert main(["collect", "world=synthetic"]) == 2
     assert "roro collect" in capsys.readouterr().err
+
+
+def test_router_command_on_the_toy_world_with_process_reward(tmp_path, capsys):
+    """`roro router world=toy` with λ_p > 0: exploration, pairs and the rubric stage run first, then the
+    router trains on the Judge's process reward (logged), resumably under <out_dir>/router."""
+    args = ["router", "-c", str(REPO_ROOT / "configs/demo.yaml"), f"out_dir={tmp_path}", "train.updates=2",
+            "toy.explore_problems=8", "toy.queries_per_update=2", "grpo.group_size=4",
+            "exploration.random_rates=[0.3]", "exploration.thresholds=[0.99]", "exploration.critical_k=[1]",
+            "exploration.anti_k=[1]", "rubric.judge.steps=4", "rubric.rubricor.sft_steps=4",
+            "rubric.rubricor.grpo_steps=1", "rubric.rubricor.grpo_queries=2", "rubric.rubricor.max_new_tokens=48",
+            "rubric.gate.min_pairs=1"]
+    assert main(args) == 0
+    log = [json.loads(x) for x in (tmp_path / "router" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in log] == [1, 2] and all("reward/process" in r for r in log)
+    assert (tmp_path / "rubric" / "gate.jsonl").exists()
+    assert "update 2" in capsys.readouterr().out
