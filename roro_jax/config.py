@@ -86,7 +86,7 @@ class TrainConfig:
 
 @dataclass
 class SyntheticConfig:
-    """The built-in synthetic routing batch (`roro demo world=synthetic`, `roro router -c configs/router_synthetic.yaml`, tests)."""
+    """The built-in synthetic routing batch (`roro demo world=synthetic`, `configs/router_synthetic.yaml`)."""
 
     queries: int = 64
     steps: int = 16
