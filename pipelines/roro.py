@@ -89,6 +89,26 @@ def collect_stage(cfg) -> Path:
     return T.collect_exploration_stage(cfg, W.make_engines(cfg), problems)
 
 
+def pairs_stage(cfg, trajs: Sequence[Trajectory], out: Path):
+    """Stage 2: preference pairs of the explored routes → ``pairs.jsonl`` + ``pairs_stats.json``."""
+    pairs, stats = build_pairs_with_stats(trajs, cfg.pairs, seed=cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_pairs(out / "pairs.jsonl", pairs)
+    (out / "pairs_stats.json").write_text(json.dumps(stats, indent=1, default=str) + "\n")
+    return pairs, stats
+
+
+def rubric_stage(cfg, trajs: Sequence[Trajectory], pairs, queries: dict[str, str], out: Path, *, log=print):
+    """Stage 3: Judge/Rubricor alternation with the gate → ``rubric/`` (gate log, checkpoints,
+    ``results.json``). Returns the JSON-able results and the live objects (Judge, Rubricor, rubric book)."""
+    rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out / "rubric"))
+    res = run_rubric_stage(rc, trajs, pairs, queries, log=log)
+    objects = res.pop("objects")
+    (out / "rubric").mkdir(parents=True, exist_ok=True)
+    (out / "rubric" / "results.json").write_text(json.dumps(jsonable(res), indent=1, default=str) + "\n")
+    return jsonable(res), objects
+
+
 def train_router(cfg, *, resume: bool = True, progress: bool = True):
     """``roro router`` on the toy / live world: one router with ``cfg.reward.weights`` on the explored
     problems. With a process weight, the exploration (resumed from ``out_dir``), pairs and rubric stages run
@@ -99,12 +119,11 @@ def train_router(cfg, *, resume: bool = True, progress: bool = True):
     process_fn = None
     if dict(cfg.reward.weights).get("process", 0.0):
         out = Path(cfg.out_dir)
+        queries = {str(p.id): p.question for p in explore}
         trajs = list(TrajectoryStore(T.collect_exploration_stage(cfg, engines, explore, progress=progress)).iter())
-        pairs, _ = build_pairs_with_stats(trajs, cfg.pairs, seed=cfg.seed)
-        rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out / "rubric"))
-        res = run_rubric_stage(rc, trajs, pairs, {str(p.id): p.question for p in explore})
-        process_fn = process_scorer(cfg.reward.process_scorer, res.pop("objects"),
-                                    {str(p.id): p.question for p in explore})
+        pairs, _ = pairs_stage(cfg, trajs, out)
+        _, objects = rubric_stage(cfg, trajs, pairs, queries, out)
+        process_fn = process_scorer(cfg.reward.process_scorer, objects, queries)
         cfg = dataclasses.replace(cfg, out_dir=str(out / "router"))
     return T.train_router_toy(cfg, engines, problems=explore, process_fn=process_fn, resume=resume,
                               progress=progress, desc=f"router GRPO ({cfg.world})")
@@ -139,17 +158,12 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
                         f"accuracy {np.mean([bool(t.correct) for t in trajs]):.3f}")
 
     # 2. pairs
-    pairs, stats = build_pairs_with_stats(trajs, cfg.pairs, seed=cfg.seed)
-    write_pairs(out / "pairs.jsonl", pairs)
-    (out / "pairs_stats.json").write_text(json.dumps(stats, indent=1, default=str) + "\n")
+    pairs, _ = pairs_stage(cfg, trajs, out)
     kinds = {k: sum(p.kind == k for p in pairs) for k in ("outcome", "cost", "process")}
     done("pairs", f"{len(pairs)} pairs ({', '.join(f'{k} {n}' for k, n in kinds.items())})")
 
     # 3. rubric stage
-    rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out / "rubric"))
-    res = run_rubric_stage(rc, trajs, pairs, queries, log=lambda m: console.print(f"  [dim]{m}[/]"))
-    objects = res.pop("objects")
-    (out / "rubric" / "results.json").write_text(json.dumps(jsonable(res), indent=1, default=str) + "\n")
+    res, objects = rubric_stage(cfg, trajs, pairs, queries, out, log=lambda m: console.print(f"  [dim]{m}[/]"))
     final = res["phases"][-1]["test"]["acc"]
     done("rubric", f"held-out pair accuracy: rule-based {res['process_quality']['test']['acc']:.3f}, "
                    + (f"no-rubric Judge {res['no_rubric']['test']['acc']:.3f}, " if "no_rubric" in res else "")
@@ -201,4 +215,4 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
     summary = json.loads(paths["summary"].read_text())
     (out / "timings.json").write_text(json.dumps({**times, "total": time.time() - t0}, indent=1) + "\n")
     console.print(f"report: {paths['report']}  plot: {paths['plot']}  ({time.time() - t0:.0f} s)")
-    return {"points": points, "paths": paths, "summary": summary, "rubric": jsonable(res), "times": times}
+    return {"points": points, "paths": paths, "summary": summary, "rubric": res, "times": times}
