@@ -1,7 +1,10 @@
-"""The toy world's stages: engines, exploratory collection, router GRPO through the rollout, evaluation.
+"""The toy world's inputs (engines, problems) and the stage functions of the toy and live worlds:
+routing many policies, exploratory collection, router GRPO through the rollout, evaluation.
 
 Everything runs for real on a CPU: the shipped toy models (``roro_jax/assets/toy``) generate every step
-through the Flax engine, the rollout routes them, the grader checks the answers.
+through the Flax engine, the rollout routes them, the grader checks the answers. The live world
+(:mod:`pipelines.live`) passes its own engines (any ``StepEngine``) and problems to the same functions;
+:mod:`pipelines.roro` composes them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ ProcessFn = Callable[[Sequence[Trajectory]], np.ndarray]  # trajectories -> proc
 
 @dataclasses.dataclass
 class ToyEngines:
+    """The SRM and LRM engines (Flax in the toy world; any ``StepEngine`` in the live world)."""
+
     small: FlaxEngine
     large: FlaxEngine
 
