@@ -17,14 +17,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from roro_jax.engines.flax_engine import FlaxEngine
-from roro_jax.eval.records import CurvePoint, point_from_trajectories
 from roro_jax.rl.trainer import RouterLearner, run_training, score_trajectories
 from roro_jax.rollout import default_prompt, rollout, rollout_sync
 from roro_jax.router.features import get_family
-from roro_jax.router.policies import ConstantPolicy, Policy, RouterPolicy
+from roro_jax.router.policies import Policy, RouterPolicy
 from roro_jax.store import TrajectoryStore
 from roro_jax.tasks import toy
-from roro_jax.types import ESCALATE, KEEP, Trajectory, pad_trajectories
+from roro_jax.types import Trajectory, pad_trajectories
 from roro_jax.worlds.toy import toy_model_dir, toy_task_config
 
 ProcessFn = Callable[[Sequence[Trajectory]], np.ndarray]  # trajectories -> process score in [0, 1] each
@@ -184,16 +183,3 @@ def train_router_toy(cfg, engines: ToyEngines | None = None, *, problems=None, p
     hist = run_training(learner, make_collect(learner, engines, problems, cfg, process_fn), cfg,
                         resume=resume, stop_after=stop_after, progress=progress, desc=desc or "router GRPO (toy)")
     return learner, hist
-
-
-# ------------------------------------------------------------------------------------- evaluation ---
-def evaluate_policy(cfg, engines: ToyEngines, problems, policy: Policy, method: str, *, param=None,
-                    param_name: str = "", role: str = "method") -> CurvePoint:
-    trajs = route(cfg, engines, problems, policy, seed=cfg.seed + 777)
-    return point_from_trajectories(method, trajs, param=param, param_name=param_name, role=role,
-                                   small_params=engines.small.n_params, large_params=engines.large.n_params)
-
-
-def endpoint_points(cfg, engines: ToyEngines, problems) -> list[CurvePoint]:
-    return [evaluate_policy(cfg, engines, problems, ConstantPolicy(KEEP), "SRM-only", role="srm"),
-            evaluate_policy(cfg, engines, problems, ConstantPolicy(ESCALATE), "LRM-only", role="lrm")]
