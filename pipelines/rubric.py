@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -109,13 +108,25 @@ def rubric_stage_from_files(cfg, trajectories_path, pairs_path, queries_path=Non
 
     from roro_jax.pairs import read_pairs
     from roro_jax.store import TrajectoryStore
+    from roro_jax.types import InputError
 
+    for path in (trajectories_path, pairs_path, queries_path):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"roro rubric: input file {path} does not exist")
+    queries = None
+    if queries_path:
+        try:
+            queries = json.loads(Path(queries_path).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{queries_path}: not a JSON object of query id -> query text: {e}") from None
+        if not isinstance(queries, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in queries.items()):
+            raise InputError(f"{queries_path}: must be a JSON object of query id -> query text (strings)")
     trajs = list(TrajectoryStore(trajectories_path).iter())
     pairs = read_pairs(pairs_path)
     if not trajs or not pairs:
-        raise ValueError(f"roro rubric: {len(trajs)} trajectories in {trajectories_path}, {len(pairs)} pairs in "
+        raise InputError(f"roro rubric: {len(trajs)} trajectories in {trajectories_path}, {len(pairs)} pairs in "
                          f"{pairs_path}; both must be non-empty")
-    queries = json.loads(Path(queries_path).read_text()) if queries_path else None
     out = Path(cfg.out_dir) / "rubric"
     rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=str(out))
     res = jsonable(run_rubric_stage(rc, trajs, pairs, queries))

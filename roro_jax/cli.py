@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from roro_jax.config import ConfigError, load_config, to_yaml
+from roro_jax.types import InputError
 
 BENCHMARKS = {"router-step": "benchmarks.router_step", "lm": "benchmarks.lm_forward",
               "rollout": "benchmarks.rollout"}
@@ -186,11 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Bad input (a config, a record or a file: :class:`~roro_jax.types.InputError`, or an
+    input file that does not exist) is reported as one ``roro: error: ...`` line naming the file and line
+    or the key, with exit status 2 (as argparse does for bad arguments); no traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as e:
-        print(f"roro: {e}", file=sys.stderr)
+    except (InputError, FileNotFoundError, IsADirectoryError) as e:
+        print("roro: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from roro_jax.eval.config import EvalConfig
@@ -20,10 +20,11 @@ from roro_jax.pairs import PairsConfig
 from roro_jax.rollout import RolloutConfig
 from roro_jax.router.exploration import ExplorationConfig
 from roro_jax.rubric.loop import RubricConfig
+from roro_jax.types import InputError
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key."""
+class ConfigError(InputError):
+    """A config file or override is invalid; the message names the key (and where it was set)."""
 
 
 def _choice(default, *choices):
@@ -68,7 +69,12 @@ class RewardConfig:
 @dataclass
 class ParallelConfig:
     mode: str = _choice("single", "single", "shard_map", "pmap", "jit_sharded")
-    devices: int = 0  # 0 = all visible devices
+    devices: int = 0  # 0 = all visible devices (with several processes: all devices of all processes)
+    # multi-process / multi-host (roro_jax.distributed); None = from RORO_COORDINATOR / RORO_NUM_PROCESSES /
+    # RORO_PROCESS_ID, else one process. coordinator: "host:port" of process 0, or "auto" (cluster detection)
+    coordinator: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
 
 
 @dataclass
@@ -206,7 +212,15 @@ class Config:
     rubric: RubricConfig = field(default_factory=RubricConfig)
 
 
-def _check_choices(obj: Any, prefix: str = "") -> None:
+def _where(key: str, layers) -> str:
+    """The last layer (file or command line) that sets ``key``, else "default"."""
+    for layer, where in reversed(layers):
+        if OmegaConf.select(layer, key, default=None) is not None:
+            return where
+    return "default"
+
+
+def _check_choices(obj: Any, layers, prefix: str = "") -> None:
     if not dataclasses.is_dataclass(obj):
         return
     for f in dataclasses.fields(obj):
@@ -214,12 +228,19 @@ def _check_choices(obj: Any, prefix: str = "") -> None:
         key = f"{prefix}{f.name}"
         choices = f.metadata.get("choices")
         if choices and value not in choices:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
-        _check_choices(value, key + ".")
+            raise ConfigError(f"config key '{key}' ({_where(key, layers)}): {value!r} is not one of {list(choices)}")
+        _check_choices(value, layers, key + ".")
 
 
-def _wrap(e: OmegaConfBaseException, where: str) -> ConfigError:
+def _wrap(e: OmegaConfBaseException, where: str, cfg=None, layer=None) -> ConfigError:
     key = getattr(e, "full_key", None)
+    if not key and cfg is not None:  # e.g. a section given a scalar: find the top-level key that fails
+        for k in layer:
+            try:
+                OmegaConf.merge(cfg, {k: layer[k]})
+            except OmegaConfBaseException:
+                key = k
+                break
     msg = str(e).splitlines()[0]
     head = f"config key '{key}'" if key else "config"
     return ConfigError(f"{head} ({where}): {msg}")
@@ -235,9 +256,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
         try:
-            layers.append((OmegaConf.load(path), str(path)))
-        except Exception as e:  # YAML syntax errors
-            raise ConfigError(f"config file {path}: {e}") from None
+            layer = OmegaConf.load(path)
+        except Exception as e:  # YAML syntax errors (their text names the line): one line
+            raise ConfigError(f"config file {path}: " + "; ".join(x.strip() for x in str(e).splitlines())) from None
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of keys, got a list")
+        layers.append((layer, str(path)))
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad}")
@@ -248,14 +272,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as e:
-            raise _wrap(e, where) from None
+            raise _wrap(e, where, cfg, layer) from None
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise _wrap(e, "resolved") from None
-    except ValueError as e:  # a section's own __post_init__ validation
-        raise ConfigError(str(e)) from None
-    _check_choices(obj)
+    except ValueError as e:  # a section's own __post_init__ validation (names the field)
+        raise ConfigError(f"config ({', '.join(w for _, w in layers) or 'defaults'}): {e}") from None
+    _check_choices(obj, layers)
     return obj
 
 

@@ -31,7 +31,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .types import ESCALATE, PreferencePair, Trajectory, read_jsonl
+from .store import TrajectoryStore
+from .types import ESCALATE, InputError, PreferencePair, Trajectory, iter_jsonl
 
 KINDS = ("outcome", "cost", "process")
 COST_MEASURES = ("large_tokens", "large_share")
@@ -359,39 +360,47 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair]) -> Pat
     return path
 
 
+_PAIR_FIELDS = {"query_id": "a string", "preferred": "a string", "rejected": "a string", "kind": "a string",
+                "margin": "a finite number", "reason": "a string"}
+
+
 def read_pairs(path: str | os.PathLike) -> list[PreferencePair]:
-    """Read pairs written by :func:`write_pairs`; a bad row raises ``ValueError`` naming file and line."""
+    """Read pairs written by :func:`write_pairs`; a bad row raises :class:`~roro_jax.types.InputError`
+    (a ``ValueError``) naming file, line and field."""
     required = ("query_id", "preferred", "rejected", "kind")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: a pair must be a JSON object")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
-            if row["kind"] not in KINDS:
-                raise ValueError(f"{path}:{lineno}: kind must be one of {KINDS}, got {row['kind']!r}")
-            if row["preferred"] == row["rejected"]:
-                raise ValueError(f"{path}:{lineno}: preferred and rejected are the same trajectory")
-            try:
-                out.append(PreferencePair.from_dict(row))
-            except TypeError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: a pair must be a JSON object")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise InputError(f"{where}: missing field(s) {missing}")
+        for k, v in row.items():
+            if k not in _PAIR_FIELDS:
+                raise InputError(f"{where}: unknown field {k!r}")
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  if k == "margin" else isinstance(v, str))
+            if not ok:
+                raise InputError(f"{where}: field {k!r}: expected {_PAIR_FIELDS[k]}, got {v!r:.80}")
+        if row["kind"] not in KINDS:
+            raise InputError(f"{where}: kind must be one of {KINDS}, got {row['kind']!r}")
+        if row["preferred"] == row["rejected"]:
+            raise InputError(f"{where}: preferred and rejected are the same trajectory")
+        out.append(PreferencePair.from_dict(row))
     return out
 
 
 def pairs_from_file(trajectories_path: str | os.PathLike, out_path: str | os.PathLike,
                     cfg: PairsConfig | None = None, seed: int = 0) -> dict[str, Any]:
     """Read a trajectory JSONL file, build the pairs, write them as JSONL to ``out_path`` and the
-    statistics as JSON next to it (``<out_path>.stats.json``).  Returns the statistics."""
-    trajs = list(read_jsonl(trajectories_path, Trajectory))
+    statistics as JSON next to it (``<out_path>.stats.json``).  Returns the statistics.
+
+    The file is read as a :class:`~roro_jax.store.TrajectoryStore`: a torn last line is skipped with a
+    warning; any other bad line raises :class:`~roro_jax.store.StoreCorruptError` naming file and line."""
+    if not Path(trajectories_path).is_file():
+        raise FileNotFoundError(f"trajectory file not found: {trajectories_path}")
+    trajs = list(TrajectoryStore(trajectories_path).iter())
     pairs, stats = build_pairs_with_stats(trajs, cfg, seed)
     out = write_pairs(out_path, pairs)
     stats_path = out.with_name(out.name + ".stats.json")

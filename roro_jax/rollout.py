@@ -51,7 +51,7 @@ import asyncio
 import functools
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np

@@ -18,13 +18,17 @@ Guarantees:
   lines that other processes appended, so several writers on one file never duplicate a key either.
 * **Durability.** Each :meth:`add` is one ``write`` of the whole line followed by ``fsync`` (
   :meth:`add_many` writes its lines and fsyncs once). A record either is completely in the file or is
-  a torn last line.
-* **Crash recovery.** A torn last line (no trailing newline, or an undecodable last line) is the only
-  damage a crash can leave. Readers (:meth:`iter`) skip it with a warning; the first index build by a
-  writer-side call (:meth:`add`, :meth:`keys`, :meth:`missing`, ``in``, ``len``) truncates it away with
-  a warning, so the trajectory it held is reported missing and collected again, never duplicated. An
-  undecodable line that is *not* the last one is corruption that a crash cannot cause: it raises
-  :class:`StoreCorruptError` naming the file and line.
+  a torn last line. :meth:`add` refuses (:class:`~roro_jax.types.RecordError`, nothing written) a
+  trajectory whose record the readers would reject, e.g. one with NaN features.
+* **Crash recovery.** A torn last line (no trailing newline, or a last line that is not valid JSON) is
+  the only damage a crash can leave. Readers (:meth:`iter`) skip it with a warning; the first index build
+  by a writer-side call (:meth:`add`, :meth:`keys`, :meth:`missing`, ``in``, ``len``) truncates it away
+  with a warning, so the trajectory it held is reported missing and collected again, never duplicated.
+  Anything else is corruption that a crash cannot cause and raises :class:`StoreCorruptError` naming
+  ``file:line`` (and the field): an undecodable line that is *not* the last one, a blank line, and any
+  complete JSON line that is not a valid record (a missing field, a wrong type, NaN features, ... see
+  :func:`~roro_jax.types.check_trajectory_record`), last line included. Writer-side index builds check
+  only the key fields; :meth:`iter` checks whole records.
 * **Memory.** :meth:`iter` streams line by line: memory stays flat whatever the file size. The key
   index (built lazily, on first need) holds only the keys, about 100-200 bytes per trajectory.
 """
@@ -38,15 +42,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from roro_jax.types import Trajectory
+from roro_jax.types import InputError, RecordError, Trajectory, check_trajectory_record
 
 Key = tuple[str, int, str]  # (query_id, sample_idx, policy_id)
 
 __all__ = ["DuplicateTrajectoryError", "Key", "StoreCorruptError", "TrajectoryStore", "key_of"]
 
 
-class StoreCorruptError(ValueError):
-    """A line other than the last one is not a valid trajectory record."""
+class StoreCorruptError(InputError):
+    """A line of the store is not a valid trajectory record (and is not a torn last line)."""
 
 
 class DuplicateTrajectoryError(ValueError):
@@ -58,10 +62,29 @@ def key_of(x: Trajectory | dict[str, Any] | tuple) -> Key:
     if isinstance(x, Trajectory):
         return (str(x.query_id), int(x.sample_idx), str(x.policy_id))
     if isinstance(x, dict):
-        return (str(x["query_id"]), int(x["sample_idx"]), str(x["policy_id"]))
+        check_key_fields(x)
+        return (x["query_id"], x["sample_idx"], x["policy_id"])
     if isinstance(x, (tuple, list)) and len(x) == 3:
         return (str(x[0]), int(x[1]), str(x[2]))
     raise TypeError(f"not a trajectory key: {x!r} (expected (query_id, sample_idx, policy_id))")
+
+
+def check_key_fields(d: Any) -> None:
+    """Raise :class:`~roro_jax.types.RecordError` naming the field unless ``d`` is a JSON object whose key
+    fields are valid (the other fields are not looked at)."""
+    if isinstance(d, dict):
+        d = {k: d[k] for k in ("query_id", "sample_idx", "policy_id") if k in d}
+    check_trajectory_record(d)
+
+
+def _loads(line: bytes) -> Any:
+    """``json.loads`` of one complete line, with a ``ValueError`` that says what is wrong in it."""
+    try:
+        return json.loads(line)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 (byte {line[e.start]:#04x} at {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 class TrajectoryStore:
@@ -86,8 +109,8 @@ class TrajectoryStore:
     def iter(self, *, as_dict: bool = False) -> Iterator[Trajectory | dict[str, Any]]:
         """Stream the stored trajectories in file order (never loads the whole file).
 
-        A torn last line is skipped with a warning (the file is not modified). A malformed line
-        elsewhere raises :class:`StoreCorruptError` naming ``path:line``.
+        A torn last line is skipped with a warning (the file is not modified). Any other bad line (see the
+        module docstring) raises :class:`StoreCorruptError` naming ``path:line`` and the field.
         """
         if not self.path.exists():
             return
@@ -113,22 +136,24 @@ class TrajectoryStore:
         if not line.strip():
             if last and not complete and line:
                 warnings.warn(f"{self.path}:{lineno}: torn last line skipped", RuntimeWarning, stacklevel=3)
-            return None if last else self._blank()
+            if last:
+                return None
+            raise StoreCorruptError(f"{self.path}:{lineno}: blank line inside the store")
         try:
             if not complete:
                 raise ValueError("no trailing newline")
-            d = json.loads(line)
-            key_of(d)
-        except (ValueError, KeyError, TypeError) as e:
+            d = _loads(line)
+        except ValueError as e:  # incl. invalid UTF-8
             if last:
                 warnings.warn(f"{self.path}:{lineno}: torn last line skipped ({e})", RuntimeWarning,
                               stacklevel=3)
                 return None
-            raise StoreCorruptError(f"{self.path}:{lineno}: not a trajectory record ({e})") from None
-        return d if as_dict else Trajectory.from_dict(d)
-
-    def _blank(self):
-        raise StoreCorruptError(f"{self.path}: blank line inside the store")
+            raise StoreCorruptError(f"{self.path}:{lineno}: not a trajectory record: {e}") from None
+        try:
+            traj = Trajectory.from_dict(d)
+        except (ValueError, TypeError) as e:  # a complete JSON line: never a torn write
+            raise StoreCorruptError(f"{self.path}:{lineno}: not a trajectory record: {e}") from None
+        return d if as_dict else traj
 
     def get(self, key) -> Trajectory | None:
         """The stored trajectory with ``key`` (a linear scan; for occasional look-ups)."""
@@ -187,12 +212,16 @@ class TrajectoryStore:
                 raise ValueError("no trailing newline")
             if not line.strip():
                 raise ValueError("blank line")
-            k = key_of(json.loads(line))
-        except (ValueError, KeyError, TypeError) as e:
+            d = _loads(line)
+        except ValueError as e:
             if last:
                 return False
-            raise StoreCorruptError(f"{self.path}:{self._lineno_at(start)}: not a trajectory record "
-                                    f"({e})") from None
+            raise StoreCorruptError(f"{self.path}:{self._lineno_at(start)}: not a trajectory record: {e}") from None
+        try:
+            check_key_fields(d)  # also rejects a list, which key_of would take for a key tuple
+            k = key_of(d)
+        except ValueError as e:  # a complete JSON line: never truncated as torn
+            raise StoreCorruptError(f"{self.path}:{self._lineno_at(start)}: not a trajectory record: {e}") from None
         self._keys.add(k)  # type: ignore[union-attr]
         return True
 
@@ -268,20 +297,25 @@ class TrajectoryStore:
         with self._locked() as fd:
             self._catch_up(fd)
             assert self._keys is not None
-            lines, new = [], []
+            lines, new, new_set = [], [], set()
             for t in trajs:
                 if not isinstance(t, Trajectory):
                     raise TypeError(f"TrajectoryStore.add: expected a Trajectory, got {type(t).__name__}")
                 k = key_of(t)
-                if k in self._keys or k in new:
+                if k in self._keys or k in new_set:
                     if self.on_duplicate == "error":
                         raise DuplicateTrajectoryError(f"{self.path}: trajectory {k} is already stored")
                     continue
+                try:  # never write a record that the readers would reject
+                    check_trajectory_record(t.to_dict())
+                except ValueError as e:
+                    raise RecordError(f"{self.path}: trajectory {k}: {e}") from None
                 line = t.to_json()
                 if "\n" in line:  # json.dumps escapes newlines; guard against a custom to_json
                     raise ValueError(f"trajectory {k}: serialised record contains a newline")
                 lines.append(line.encode() + b"\n")
                 new.append(k)
+                new_set.add(k)
             if not lines:
                 return 0
             data = b"".join(lines)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -17,6 +18,17 @@ KEEP = 0
 ESCALATE = 1
 SMALL = "small"
 LARGE = "large"
+
+
+class InputError(ValueError):
+    """Malformed input (a file, a record, a config value); the message names the file and line, or the field.
+
+    The ``roro`` command prints it as one ``roro: error: ...`` line and exits with status 2.
+    """
+
+
+class RecordError(InputError):
+    """A trajectory record (a dict, e.g. one JSONL line) is malformed; the message names the field."""
 
 
 @dataclass
@@ -93,6 +105,9 @@ class Trajectory:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
+        """Build from a record (e.g. a parsed JSON line); a malformed record raises :class:`RecordError`
+        naming the field (see :func:`check_trajectory_record`)."""
+        check_trajectory_record(d)
         d = dict(d)
         d["steps"] = [Step(**s) for s in d.get("steps", [])]
         return cls(**d)
@@ -142,19 +157,118 @@ class Rubric:
         return cls(**d)
 
 
+# ------------------------------------------------------------------------------ record validation
+# Field kinds of the JSON records of Step and Trajectory ("?": null allowed). "num" is a finite number: the
+# numbers that reach the jitted update (features, action_logp) and the confidences that rank steps must not
+# be NaN/inf. Strings must be valid Unicode (a lone surrogate such as "\ud800" cannot be UTF-8 encoded);
+# every other code point (NUL, RTL marks, emoji, combining characters) is data and round-trips unchanged.
+_STEP_KINDS = {"index": "int", "text": "str", "token_ids": "ints", "model": "str", "action": "action",
+               "action_logp": "num", "features": "nums", "small_tokens": "int", "large_tokens": "int",
+               "small_text": "str?", "confidence": "num?", "prm_score": "num?", "finish_reason": "str?"}
+_TRAJ_KINDS = {"query_id": "str", "sample_idx": "int", "policy_id": "str", "steps": "steps",
+               "answer_text": "str", "correct": "bool?", "correct_is_estimate": "bool", "seed": "int",
+               "meta": "dict"}
+_NAMES = {"int": "an integer", "str": "a string", "bool": "true/false", "num": "a finite number",
+          "ints": "a list of integers", "nums": "a list of finite numbers", "dict": "a JSON object",
+          "steps": "a list of step objects", "action": "0 (keep) or 1 (escalate)"}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _finite(x) -> bool:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _check_str(v: str, name: str) -> None:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RecordError(f"field '{name}': lone surrogate U+{ord(v[e.start]):04X} at character {e.start} "
+                          "is not valid Unicode") from None
+
+
+_CHECKS = {"int": _is_int, "num": _finite, "str": lambda v: isinstance(v, str),
+           "bool": lambda v: isinstance(v, bool), "dict": lambda v: isinstance(v, dict),
+           "action": lambda v: _is_int(v) and v in (KEEP, ESCALATE)}
+
+
+def _check_value(v, kind: str, name: str) -> None:
+    if v is None and kind.endswith("?"):
+        return
+    k = kind.rstrip("?")
+    if k in ("ints", "nums"):  # a list of int / num
+        item_ok = _CHECKS[k[:-1]]
+        if isinstance(v, list) and not all(map(item_ok, v)):
+            i = next(i for i, x in enumerate(v) if not item_ok(x))
+            raise RecordError(f"field '{name}[{i}]': expected {_NAMES[k[:-1]]}, got {v[i]!r:.80}")
+        ok = isinstance(v, list)
+    else:
+        ok = _CHECKS[k](v)
+    if not ok:
+        raise RecordError(f"field '{name}': expected {_NAMES[k]}, got {v!r:.80}")
+    if k == "str":
+        _check_str(v, name)
+
+
+def _check_fields(d, kinds: dict[str, str], cls, where: str) -> None:
+    """``where``: "" for the trajectory, "steps[i]" for a step."""
+    head = f"{where}: " if where else ""
+    if not isinstance(d, dict):
+        raise RecordError(f"{head}expected a JSON object, got {type(d).__name__}")
+    unknown = [k for k in d if k not in kinds]
+    if unknown:
+        raise RecordError(f"{head}unknown field {unknown[0]!r}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise RecordError(f"{head}missing required field {missing[0]!r}")
+    prefix = f"{where}." if where else ""
+    for k, v in d.items():
+        if kinds[k] == "steps":
+            if not isinstance(v, list):
+                raise RecordError(f"field 'steps': expected a list of step objects, got {v!r:.80}")
+            for i, st in enumerate(v):
+                _check_fields(st, _STEP_KINDS, Step, f"steps[{i}]")
+        else:
+            _check_value(v, kinds[k], prefix + k)
+
+
+def check_trajectory_record(d) -> None:
+    """Raise :class:`RecordError` naming the field unless ``d`` is a valid :class:`Trajectory` record.
+
+    A record is a JSON object with the dataclass fields: ``query_id``/``sample_idx``/``policy_id``
+    required; no unknown fields; integers are integers (not strings, floats or booleans); ``action`` is 0
+    or 1; ``features``, ``action_logp``, ``confidence`` and ``prm_score`` are finite numbers (JSON's
+    ``NaN``/``Infinity`` are rejected); strings are valid Unicode. Zero steps, empty step text and long
+    texts are valid.
+    """
+    _check_fields(d, _TRAJ_KINDS, Trajectory, "")
+
+
 def pad_trajectories(trajs: Sequence[Trajectory], max_steps: int | None = None,
                      n_features: int | None = None) -> dict[str, np.ndarray]:
     """Stack trajectories' routing steps into padded arrays for the jitted update.
 
     Returns ``features`` [B, T, F] f32, ``actions`` [B, T] i32, ``logp`` [B, T] f32 (the acting policy's
-    log-probs), ``mask`` [B, T] f32. Steps beyond ``max_steps`` are an error (never silently dropped).
+    log-probs), ``mask`` [B, T] f32. Steps beyond ``max_steps`` are an error (never silently dropped), and
+    so are non-finite features or log-probs and actions other than 0/1 (they would reach the jitted update).
+    A trajectory with zero steps is a row with an all-zero mask (it contributes nothing to the loss).
     """
     if not trajs:
         raise ValueError("pad_trajectories: no trajectories")
     lengths = [len(t.steps) for t in trajs]
     T = max_steps if max_steps is not None else max(max(lengths), 1)
     if max(lengths) > T:
-        raise ValueError(f"pad_trajectories: a trajectory has {max(lengths)} steps > max_steps={T}")
+        i = lengths.index(max(lengths))
+        raise ValueError(f"pad_trajectories: trajectory {trajs[i].traj_id} has {lengths[i]} steps > max_steps={T}")
     if n_features is None:
         n_features = next((len(s.features) for t in trajs for s in t.steps), 0)
     B = len(trajs)
@@ -167,28 +281,48 @@ def pad_trajectories(trajs: Sequence[Trajectory], max_steps: int | None = None,
             if len(s.features) != n_features:
                 raise ValueError(f"trajectory {t.traj_id} step {j}: {len(s.features)} features, "
                                  f"expected {n_features}")
+            if s.action not in (KEEP, ESCALATE):
+                raise ValueError(f"trajectory {t.traj_id} step {j}: action {s.action!r} is not 0 or 1")
             feats[i, j] = s.features
             actions[i, j] = s.action
             logp[i, j] = s.action_logp
             mask[i, j] = 1.0
+    for name, x in (("features", feats), ("action_logp", logp)):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i, j, *f = np.argwhere(bad)[0]
+            what = f"features[{f[0]}]" if f else name
+            raise ValueError(f"trajectory {trajs[i].traj_id} step {j}: {what} is {x[(i, j, *f)]} (not finite)")
     return {"features": feats, "actions": actions, "logp": logp, "mask": mask}
 
 
-def read_jsonl(path, cls=None) -> Iterable[Any]:
-    """Stream a JSONL file; with ``cls`` given, each row is turned into ``cls.from_dict(row)``."""
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
+def iter_jsonl(path) -> Iterator[tuple[int, Any]]:
+    """Stream ``(line number, row)`` of a UTF-8 JSONL file, skipping blank lines; invalid UTF-8 or
+    malformed JSON raises :class:`InputError` naming ``path:line``."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at {e.start})") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if cls is None:
-                yield row
-                continue
-            try:
-                obj = cls.from_dict(row)
-            except (TypeError, ValueError, AttributeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a {cls.__name__.lower()} record ({e})") from None
-            yield obj
+                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            yield lineno, row
+
+
+def read_jsonl(path, cls=None) -> Iterable[Any]:
+    """Stream a UTF-8 JSONL file (see :func:`iter_jsonl`); with ``cls`` given, each row is turned into
+    ``cls.from_dict(row)``, and a row it rejects raises :class:`InputError` naming ``path:line``."""
+    for lineno, row in iter_jsonl(path):
+        if cls is None:
+            yield row
+            continue
+        try:
+            obj = cls.from_dict(row)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise InputError(f"{path}:{lineno}: not a {cls.__name__.lower()} record: {e}") from None
+        yield obj

@@ -11,11 +11,18 @@ Several endpoints of one model share the load: each request goes to the endpoint
 in flight (ties: round robin), at most ``concurrency`` requests are in flight in total, each attempt has
 ``timeout`` seconds, and connection errors, timeouts, HTTP 429/5xx and aborted generations are retried up
 to ``max_retries`` times with exponential backoff (``backoff * 2**attempt`` seconds, capped at
-``max_backoff``, jittered), preferring another endpoint on each retry. After the last attempt an
-:class:`EndpointUnavailableError` names every endpoint tried and the last error. A 4xx answer (a bad
-request) is not retried: :class:`EngineRequestError` carries the server's message. A 200 answer without
-the token ids or log-probs raises :class:`MalformedResponseError` naming the endpoint and the missing
-field (not retried: a server that omits them is misconfigured, e.g. not vLLM).
+``max_backoff``, jittered), preferring another endpoint on each retry. A body that is not valid JSON
+(a truncated or garbled transfer) is retried the same way. Retries are bounded twice: per request
+(``max_retries``) and over the engine's life (``retry_budget``, total retried attempts; ``None``:
+unbounded), so a dead fleet fails fast instead of every request backing off in turn. After the last
+attempt, or once the budget is spent, an :class:`EndpointUnavailableError` names every endpoint tried
+and the last error. A 4xx answer (a bad request) is not retried: :class:`EngineRequestError` carries the
+server's message. A 200 answer that is valid JSON but lacks the token ids or log-probs raises
+:class:`MalformedResponseError` naming the endpoint and the missing field (not retried: a server that
+omits them is misconfigured, e.g. not vLLM).
+
+Every finished request's end-to-end latency (all attempts and backoff included) is kept (the last
+100,000) for :meth:`OpenAIServerEngine.latency_stats`.
 
 Finish reasons (vLLM reports ``finish_reason`` and ``stop_reason``): ``"stop"`` with a stop *string* as
 ``stop_reason`` -> ``"stop"`` (text ends with the delimiter); ``"stop"`` with ``stop_reason`` None (EOS)
@@ -26,6 +33,7 @@ include the EOS token while ``text`` (decoded without special tokens) does not.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import math
@@ -174,10 +182,11 @@ def _validate_params(params: SamplingParams) -> None:
 
 # --------------------------------------------------------------------------- the engine
 class _Endpoint:
-    __slots__ = ("url", "in_flight", "failures", "requests")
+    __slots__ = ("url", "in_flight", "failures", "requests", "errors")
 
     def __init__(self, url: str):
         self.url, self.in_flight, self.failures, self.requests = url, 0, 0, 0
+        self.errors: collections.Counter[str] = collections.Counter()  # failed attempts by error type
 
 
 class _LoopState:
@@ -206,6 +215,8 @@ class OpenAIServerEngine(_TokenizerMixin):
       timeout: seconds per attempt.
       max_retries: retries after the first attempt (connection errors, timeouts, 429/5xx, aborts).
       backoff, max_backoff: first retry delay and its cap, in seconds (doubling, jittered x[0.5, 1]).
+      retry_budget: most retried attempts over the engine's life, all requests together (``None``: only
+        the per-request ``max_retries`` bound).
       api_key: sent as the bearer token (vLLM ignores it unless started with ``--api-key``).
       extra_body: more vLLM request fields (e.g. ``{"repetition_penalty": 1.1}``).
     """
@@ -214,14 +225,16 @@ class OpenAIServerEngine(_TokenizerMixin):
 
     def __init__(self, model: str, endpoints: Sequence[str] | str, tokenizer_path: str | os.PathLike | None = None,
                  *, n_params: float | None = None, concurrency: int = 64, timeout: float = 120.0,
-                 max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 8.0, api_key: str = "EMPTY",
+                 max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 8.0,
+                 retry_budget: int | None = None, api_key: str = "EMPTY",
                  extra_body: Mapping[str, Any] | None = None, seed: int | None = None):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         if not endpoints:
             raise ValueError("OpenAIServerEngine: at least one endpoint is required")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise ValueError("OpenAIServerEngine: need concurrency >= 1, max_retries >= 0, timeout > 0")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0 or (retry_budget is not None and retry_budget < 0):
+            raise ValueError("OpenAIServerEngine: need concurrency >= 1, max_retries >= 0, timeout > 0, "
+                             "retry_budget None or >= 0")
         self.model = model
         self.endpoints = [_Endpoint(u.rstrip("/")) for u in endpoints]
         self.tokenizer_path = str(tokenizer_path) if tokenizer_path else None
@@ -237,6 +250,9 @@ class OpenAIServerEngine(_TokenizerMixin):
         self._rr = itertools.count()
         self._state: _LoopState | None = None
         self._jitter = random.Random(seed)
+        self.retry_budget = None if retry_budget is None else int(retry_budget)
+        self.retries = 0  # retried attempts so far, all requests together
+        self.latencies: collections.deque[float] = collections.deque(maxlen=100_000)
 
     # ------------------------------------------------------------------ plumbing
     def _loop_state(self) -> _LoopState:
@@ -252,10 +268,21 @@ class OpenAIServerEngine(_TokenizerMixin):
         order = [cands[(turn + i) % n] for i in range(n)]  # rotate so ties go round robin
         return min(order, key=lambda ep: ep.in_flight)
 
-    def stats(self) -> dict[str, dict[str, int]]:
-        """Per endpoint: requests sent, failed attempts, currently in flight."""
-        return {ep.url: {"requests": ep.requests, "failures": ep.failures, "in_flight": ep.in_flight}
-                for ep in self.endpoints}
+    def stats(self) -> dict[str, dict]:
+        """Per endpoint: attempts sent (``requests``), failed attempts (``failures``, and ``errors`` by
+        error type), currently in flight."""
+        return {ep.url: {"requests": ep.requests, "failures": ep.failures, "in_flight": ep.in_flight,
+                         "errors": dict(ep.errors)} for ep in self.endpoints}
+
+    def latency_stats(self) -> dict[str, float]:
+        """End-to-end request latency (seconds, retries included) of the finished requests: count, p50,
+        p90, p99, max."""
+        lat = np.asarray(self.latencies, np.float64)
+        if lat.size == 0:
+            return {"count": 0}
+        p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+        return {"count": int(lat.size), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+                "max": float(lat.max())}
 
     def _body(self, req: StepRequest, params: SamplingParams) -> dict[str, Any]:
         extra = {"include_stop_str_in_output": True, "return_token_ids": True,
@@ -294,7 +321,9 @@ class OpenAIServerEngine(_TokenizerMixin):
         body = self._body(req, params)
         tried: list[str] = []
         last_err: BaseException | None = None
+        budget_spent = False
         async with st.sem:
+            t_req = time.perf_counter()
             for attempt in range(self.max_retries + 1):
                 ep = self._pick(set(tried[-1:]))
                 tried.append(ep.url)
@@ -303,12 +332,16 @@ class OpenAIServerEngine(_TokenizerMixin):
                 t0 = time.perf_counter()
                 try:
                     resp = await st.clients[ep.url].completions.create(**body)
-                    return self._parse(resp, ep.url, req, params, attempts=attempt + 1,
-                                       latency=time.perf_counter() - t0)
+                    result = self._parse(resp, ep.url, req, params, attempts=attempt + 1,
+                                         latency=time.perf_counter() - t0)
+                    self.latencies.append(time.perf_counter() - t_req)
+                    return result
                 except _Retryable as e:
                     last_err = e.cause
                 except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as e:
                     last_err = e
+                except (json.JSONDecodeError, openai.APIResponseValidationError) as e:  # garbled transfer
+                    last_err = MalformedResponseError(f"{ep.url}: undecodable response body: {e}")
                 except openai.APIStatusError as e:
                     raise EngineRequestError(f"{ep.url}: model {self.model!r} rejected request "
                                              f"{req.request_id or '?'} (HTTP {e.status_code}): "
@@ -316,13 +349,19 @@ class OpenAIServerEngine(_TokenizerMixin):
                 finally:
                     ep.in_flight -= 1
                 ep.failures += 1
+                ep.errors[type(last_err).__name__] += 1
                 if attempt < self.max_retries:
+                    if self.retry_budget is not None and self.retries >= self.retry_budget:
+                        budget_spent = True
+                        break
+                    self.retries += 1
                     delay = min(self.max_backoff, self.backoff * 2 ** attempt) * self._jitter.uniform(0.5, 1.0)
                     await asyncio.sleep(delay)
         tried_s = ", ".join(dict.fromkeys(tried))
+        why = f" (the engine's retry budget of {self.retry_budget} retries is spent)" if budget_spent else ""
         raise EndpointUnavailableError(
-            f"model {self.model!r}: request {req.request_id or '?'} failed after {self.max_retries + 1} "
-            f"attempts on {tried_s}; last error: {type(last_err).__name__}: {_short(str(last_err))}"
+            f"model {self.model!r}: request {req.request_id or '?'} failed after {len(tried)} attempts{why} "
+            f"on {tried_s}; last error: {type(last_err).__name__}: {_short(str(last_err))}"
         ) from last_err
 
     def _parse(self, resp: Any, url: str, req: StepRequest, params: SamplingParams, *, attempts: int,

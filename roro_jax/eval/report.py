@@ -194,7 +194,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     for m in summary["methods"]:
         L += ["", f"## {m['method']}" + (" (estimate)" if m["is_estimate"] else ""), ""]
         if m["is_estimate"]:
-            L += [f"Accuracy is an **estimate**" + (f": {m['estimate_note']}." if m["estimate_note"] else "."), ""]
+            L += ["Accuracy is an **estimate**" + (f": {m['estimate_note']}." if m["estimate_note"] else "."), ""]
         pname = m["param_name"] or "param"
         hdr = [pname, "accuracy", "large share", "FLOPs/problem", "PGR", "ΔIBC", "front"]
         L.append("| " + " | ".join(hdr) + " |")

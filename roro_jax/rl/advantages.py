@@ -6,6 +6,8 @@ of query 0, then of query 1, ...).
 
 from __future__ import annotations
 
+import numbers
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -32,14 +34,20 @@ def group_advantages(rewards, group_size: int, *, scale: str = "group", eps: flo
       ddof: delta degrees of freedom of the std (1 = unbiased, as in most GRPO code; 0 = population).
 
     Non-finite rewards (NaN/inf) get advantage 0 and are left out of their group's statistics. A group whose
-    finite rewards are all equal gets advantages exactly 0 (never NaN, never float noise / eps).
+    finite rewards are all equal (zero variance), or that has fewer than two finite rewards, gets advantages
+    exactly 0 (never NaN, never float noise / eps). An empty batch, ``group_size < 1`` or a batch size that
+    is not a multiple of ``group_size`` raises ``ValueError`` (checked on shapes, so also under ``jit``).
 
     Returns: [N] float32 advantages.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if not isinstance(group_size, numbers.Integral) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
     r = jnp.asarray(rewards, jnp.float32)
     chex.assert_rank(r, 1)
+    if r.shape[0] == 0:
+        raise ValueError("rewards is empty (no groups)")
     if r.shape[0] % group_size:
         raise ValueError(f"rewards has {r.shape[0]} entries, not a multiple of group_size={group_size}")
     g = r.reshape(-1, group_size)

@@ -1,17 +1,71 @@
-"""Checkpoints with orbax-checkpoint: save every k updates, keep the last N, atomic, resumable.
+"""Checkpoints with orbax-checkpoint: save every k updates, keep the last N, atomic, verified, resumable.
 
 The saved item is the whole ``TrainState`` pytree (params, optimiser state, step) plus a small JSON
-``meta`` dict (e.g. the config, counters of the data stream). Orbax writes to a temporary directory and
-renames it when complete, so a run killed mid-save never leaves a checkpoint that looks valid.
+``meta`` dict (e.g. the config, counters of the data stream).
+
+What is guaranteed:
+
+* A save killed part-way never yields a step that looks valid: orbax writes into
+  ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` when complete; the tmp directory is
+  ignored by ``latest_step``/``all_steps`` and removed when that step is saved again.
+* Every save records a SHA-256 of the meta and of each state leaf's dtype, shape and bytes in the meta
+  (key ``_sha256``); :meth:`Checkpointer.restore` recomputes it on what it read. A restored checkpoint is
+  therefore bit for bit what was saved. Orbax alone does not promise this: a byte overwritten inside an
+  array file restores silently with wrong values, and a target of another dtype is silently cast (a
+  target of another shape is refused by orbax). Checkpoints written before the digest existed are
+  restored unverified.
+* ``restore()`` of the latest step falls back to the newest earlier step that restores and verifies
+  when newer ones are corrupt or partial (truncated/overwritten/missing files, a garbled meta, an
+  emptied step directory), with one :class:`CheckpointFallbackWarning` per skipped step naming the
+  step, the directory and the error. If no step restores it raises :class:`CheckpointRestoreError`
+  listing each step's failure. :meth:`Checkpointer.set_aside_newer` then moves the skipped steps out of
+  the step sequence (renamed, not deleted) so that training can save those steps again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+DIGEST_KEY = "_sha256"
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The newest checkpoint could not be restored; an earlier step was used instead."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """No checkpoint step in the directory could be restored."""
+
+
+def state_digest(state: Any, meta: dict) -> str | None:
+    """SHA-256 over the meta (canonical JSON) and every leaf's dtype, shape and bytes, in tree order;
+    ``None`` when a leaf is sharded over several processes (no process sees all of its bytes)."""
+    leaves = jax.tree.leaves(state)
+    if any(isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated) for x in leaves):
+        return None
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for leaf in jax.device_get(leaves):
+        a = np.ascontiguousarray(leaf)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    """One line for a restore failure: the root cause (orbax wraps TensorStore errors), shortened."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    msg = " ".join(str(e).split(" [tensorstore_spec")[0].split())
+    return f"{type(e).__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}"
 
 
 class Checkpointer:
@@ -22,7 +76,13 @@ class Checkpointer:
 
     def maybe_save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
         """Save when ``step`` is on the interval (or ``force``); returns whether it saved."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
+        if not (force or self.manager.should_save(step)):
+            return False
+        meta = dict(meta or {})
+        digest = state_digest(state, meta)
+        if digest is not None:
+            meta[DIGEST_KEY] = digest
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         return self.manager.save(step, args=args, force=force)
 
     def latest_step(self) -> int | None:
@@ -32,14 +92,54 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def restore(self, target_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restore ``(state, meta)`` at ``step`` (default latest) into the structure of ``target_state``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """Restore ``(state, meta)`` into the structure of ``target_state``, verified (see module doc).
+
+        ``step=None``: the newest step that restores, warning about each newer one that does not.
+        An explicit ``step`` is restored without fallback (``CheckpointRestoreError`` if it fails).
+        """
+        steps = sorted(self.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        failures: list[tuple[int, str]] = []
+        for s in steps:
+            try:
+                state, meta = self._restore_step(target_state, s)
+            except Exception as e:  # noqa: BLE001 - any failure to read or verify a step means "try an older one"
+                failures.append((s, _short(e)))
+                continue
+            for bad, err in failures:
+                warnings.warn(f"checkpoint step {bad} in {self.directory} cannot be restored ({err}); "
+                              f"using step {s} instead", CheckpointFallbackWarning, stacklevel=2)
+            return state, meta
+        lines = "".join(f"\n  step {s}: {err}" for s, err in failures)
+        what = f"no checkpoint in {self.directory} could" if step is None else \
+            f"checkpoint step {step} in {self.directory} cannot"
+        raise CheckpointRestoreError(f"{what} be restored:{lines}")
+
+    def _restore_step(self, target_state: Any, step: int) -> tuple[Any, dict]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                   meta=ocp.args.JsonRestore()))
-        return out["state"], dict(out["meta"] or {})
+        state, meta = out["state"], dict(out["meta"] or {})
+        digest = meta.pop(DIGEST_KEY, None)
+        if digest is not None and digest != state_digest(state, meta):
+            raise ValueError(f"checksum mismatch: the values restored from step {step} are not the ones saved "
+                             "(corrupt data, or a target whose dtypes differ from the saved ones)")
+        return state, meta
+
+    def set_aside_newer(self, step: int) -> list[int]:
+        """Rename every step newer than ``step`` to ``<step>.unrestorable-<ns>`` (orbax ignores such
+        directories), so that a run resumed from ``step`` can save those steps again; returns those steps.
+        With several processes the primary one renames and the others wait for it."""
+        newer = sorted(x for x in self.all_steps() if x > step)
+        if not newer:
+            return []
+        if ocp.multihost.process_index() == 0:
+            for s in newer:
+                (self.directory / str(s)).rename(self.directory / f"{s}.unrestorable-{time.time_ns()}")
+        ocp.multihost.sync_global_processes(f"roro_set_aside_newer_{step}_{newer[-1]}")
+        self.manager.reload()
+        return newer
 
     def clear(self) -> None:
         """Delete every checkpoint (a fresh run in a directory that holds an older run's checkpoints)."""
@@ -52,3 +152,4 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+

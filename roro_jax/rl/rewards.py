@@ -23,9 +23,12 @@ already the *negative* cost, so every weight is a non-negative λ.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from roro_jax.rl.advantages import group_advantages
 
@@ -74,12 +77,33 @@ def escalation_reward(batch):
     return -_field(batch, "escalation_rate", "escalations")
 
 
+def _check_finite_or_nan(name: str, value) -> None:
+    """NaN in a term means "unknown" (advantage 0, see ``group_advantages``); ±inf is a broken term."""
+    if isinstance(value, jax.core.Tracer):  # under jit: values are not known here
+        return
+    v = np.asarray(value, np.float64)
+    bad = np.flatnonzero(np.isinf(v))
+    if bad.size:
+        raise ValueError(f"reward term {name!r} is {v.flat[bad[0]]} at index {bad[0]} ({bad.size} infinite "
+                         "entries); a term must be finite, or NaN where it is unknown")
+
+
 def reward_terms(batch, weights: Mapping[str, float]) -> dict[str, jnp.ndarray]:
-    """Evaluate every term with a non-zero weight; unknown names are an error listing the registry."""
+    """Evaluate every term with a non-zero weight; unknown names are an error listing the registry.
+
+    NaN entries (e.g. ``correct`` unknown) pass through: they become advantage 0. An infinite entry, or a
+    non-finite weight, raises ``ValueError`` naming the term and the index (before any jitted code).
+    """
     unknown = [k for k in weights if k not in REWARD_TERMS]
     if unknown:
         raise KeyError(f"unknown reward terms {unknown}; registered: {sorted(REWARD_TERMS)}")
-    return {k: REWARD_TERMS[k](batch) for k, w in weights.items() if w != 0}
+    bad = {k: w for k, w in weights.items() if not math.isfinite(w)}
+    if bad:
+        raise ValueError(f"reward weights must be finite, got {bad}")
+    terms = {k: REWARD_TERMS[k](batch) for k, w in weights.items() if w != 0}
+    for k, v in terms.items():
+        _check_finite_or_nan(k, v)
+    return terms
 
 
 def combine_rewards(terms: Mapping[str, jnp.ndarray], weights: Mapping[str, float], *,

@@ -12,18 +12,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from roro_jax import distributed
 from roro_jax.rl.checkpoint import Checkpointer
 from roro_jax.rl.update import DATA, init_state, make_optimizer, make_update, policy_logp
 from roro_jax.router.mlp import RouterMLP, escalate_prob, make_router
 
 
 def make_mesh(devices: int = 0) -> Mesh:
+    """The 1-D ``data`` mesh over the first ``devices`` devices (0 = all). With several processes
+    (``roro_jax.distributed``) ``jax.devices()`` lists every process's devices, ordered by process, and
+    the mesh must span all of them."""
     devs = jax.devices()
     if devices:
         if devices > len(devs):
             raise ValueError(f"parallel.devices={devices} but only {len(devs)} devices are visible")
+        if jax.process_count() > 1 and devices != len(devs):
+            raise ValueError(f"parallel.devices={devices}: with {jax.process_count()} processes the mesh must "
+                             f"span all {len(devs)} devices (use 0)")
         devs = devs[:devices]
     return Mesh(np.array(devs), (DATA,))
 
@@ -39,12 +46,20 @@ class RouterLearner:
 
     def __init__(self, cfg, in_features: int, escalate_bias: float = 0.0):
         self.cfg = cfg
+        # several processes (parallel.num_processes / RORO_NUM_PROCESSES > 1): join the distributed runtime
+        # before the first JAX computation; a no-op for one process or when already initialized
+        multiprocess = distributed.initialize_from_config(cfg.parallel)
+        if multiprocess and cfg.parallel.mode not in ("shard_map", "jit_sharded"):
+            raise ValueError(f"parallel.mode={cfg.parallel.mode!r} is process-local; training over "
+                             f"{jax.process_count()} processes needs shard_map or jit_sharded")
         model: RouterMLP = make_router(cfg.router, in_features, seed=cfg.seed, escalate_bias=escalate_bias)
         self.graphdef, params = nnx.split(model)
         self.tx = make_optimizer(cfg.grpo.lr, cfg.grpo.max_grad_norm)
         self.state = init_state(params, self.tx)
         mode = cfg.parallel.mode
         self.mesh = make_mesh(cfg.parallel.devices) if mode in ("shard_map", "jit_sharded") else None
+        if self.mesh is not None:  # replicated on the mesh from the start (global when it spans processes)
+            self.state = distributed.to_global(self.state, NamedSharding(self.mesh, P()))
         self._update = make_update(self.graphdef, self.tx, cfg.grpo, mode=mode, mesh=self.mesh)
         self._logits = jax.jit(self.apply)
         self._logp = jax.jit(lambda p, x, a: policy_logp(self.graphdef, p, x, a)[0])
@@ -109,7 +124,9 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     update ``k`` and returns the padded batch (with ``advantages``) and a dict of scalar diagnostics.
     ``resume=False`` starts over and deletes the checkpoints of an earlier run in the same directory.
     Update ``k`` draws its randomness from ``fold_in(PRNGKey(seed), k)``, so a run resumed from a
-    checkpoint at update ``k`` continues exactly as the uninterrupted run would. Metrics go to
+    checkpoint at update ``k`` continues exactly as the uninterrupted run would. A corrupt or partial
+    newest checkpoint is skipped with a ``CheckpointFallbackWarning`` and set aside (see
+    ``roro_jax.rl.checkpoint``); the run resumes from the newest step that verifies. Metrics go to
     ``<out_dir>/metrics.jsonl`` (one line per update; lines after the restored checkpoint are dropped
     on resume, so the log has no duplicates and no gaps). Returns the history of this call.
     """
@@ -123,8 +140,9 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     ckpt = Checkpointer(cfg.checkpoint.dir or out / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.keep)
     start = 0
     if resume and ckpt.latest_step() is not None:
-        learner.restore(ckpt)
+        learner.restore(ckpt)  # newest step that restores; warns about corrupt newer ones
         start = learner.step
+        ckpt.set_aside_newer(start)  # so that the resumed run can save those steps again
     elif not resume:
         ckpt.clear()  # a fresh run replaces the old run's checkpoints
     log_path = out / "metrics.jsonl"

@@ -15,13 +15,17 @@ Parallel modes (``ParallelConfig.mode``):
 - ``jit_sharded``: the single-device program under ``jit`` with the batch placed with a
   ``NamedSharding`` over ``data``; XLA's partitioner inserts the collectives.
 
+``shard_map`` and ``jit_sharded`` also run on a mesh that spans several processes (hosts) after
+``roro_jax.distributed.initialize``: the update assembles global arrays from what each process passes
+(``batch_contract`` "global": every process passes the whole batch; "local": each its own rows) and
+returns fully replicated outputs that every process can read. See ``roro_jax/distributed.py``.
+
 A batch is a dict of arrays: ``features`` [B, T, F], ``actions`` [B, T] int, ``old_logp`` [B, T],
 ``mask`` [B, T], ``advantages`` [B], optional ``ref_logp`` [B, T].
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import chex
@@ -32,6 +36,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from roro_jax import distributed
 from roro_jax.rl.losses import aggregate_terms, finalize_terms, policy_loss_terms, safe_div
 from roro_jax.router.mlp import action_logp_entropy
 
@@ -72,6 +77,12 @@ def validate_batch(batch, minibatches: int, n_shards: int = 1) -> None:
     if B % minibatches or (B // minibatches) % n_shards:
         raise ValueError(f"batch of {B} trajectories must split into {minibatches} minibatches whose size is a "
                          f"multiple of the {n_shards} devices")
+    for k in ("features", "old_logp", "advantages", "mask", "ref_logp"):
+        x = batch.get(k)  # host (numpy) inputs only: checking device arrays would sync the host
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0].tolist()
+            raise ValueError(f"batch[{k!r}] has a non-finite value {x[tuple(bad)]} at index {bad}: NaN/inf would "
+                             "poison the router's parameters")
 
 
 def _body(graphdef, tx, loss_kw: dict, epochs: int, minibatches: int, axis_name: str | None, n_shards: int):
@@ -124,14 +135,21 @@ def _body(graphdef, tx, loss_kw: dict, epochs: int, minibatches: int, axis_name:
 
 
 def make_update(graphdef, tx, grpo_cfg, *, mode: str = "single", mesh: Mesh | None = None,
-                donate: bool = True) -> Callable:
+                donate: bool = True, batch_contract: str = "global") -> Callable:
     """Build ``update(state, batch, rng) -> (state, metrics)`` for the given parallel ``mode``.
 
     ``grpo_cfg`` supplies epochs, minibatches, clip_eps, clip_eps_high, beta, kl, agg, entropy_coef.
     For ``shard_map``/``jit_sharded`` pass a 1-D ``mesh`` with axis ``data`` (default: all devices);
     the returned function places the batch itself. For ``pmap`` the batch is split across
     ``jax.local_devices()`` by the returned function, and the state stays unreplicated for the caller.
+
+    When the mesh spans several processes, ``batch_contract`` says what each process passes:
+    ``"global"`` the whole batch (the same on every process), ``"local"`` its own consecutive rows
+    (the global batch is the processes' parts concatenated in mesh order); the multi-process update
+    also takes ``batch_contract=`` per call. Within one process the batch is always the whole batch.
     """
+    if batch_contract not in ("global", "local"):
+        raise ValueError(f"batch_contract must be 'global' or 'local', got {batch_contract!r}")
     loss_kw = dict(clip_eps=grpo_cfg.clip_eps, clip_eps_high=grpo_cfg.clip_eps_high, beta=grpo_cfg.beta,
                    kl=grpo_cfg.kl, agg=grpo_cfg.agg, entropy_coef=grpo_cfg.entropy_coef)
     E, K = grpo_cfg.epochs, grpo_cfg.minibatches
@@ -159,10 +177,25 @@ def make_update(graphdef, tx, grpo_cfg, *, mode: str = "single", mesh: Mesh | No
             inner = _body(graphdef, tx, loss_kw, E, K, None, 1)
         fn = jax.jit(inner, donate_argnums=donate_args, out_shardings=(replicated, replicated))
 
-        def update(state, batch, rng):
-            validate_batch(batch, K, n)
-            batch = jax.device_put(batch, batch_sharding)
-            state = jax.device_put(state, replicated)
+        if not distributed.spans_processes(batch_sharding):
+            def update(state, batch, rng):
+                validate_batch(batch, K, n)
+                batch = jax.device_put(batch, batch_sharding)
+                state = jax.device_put(state, replicated)
+                return fn(state, batch, rng)
+
+            return update
+
+        def update(state, batch, rng, *, batch_contract: str = batch_contract):
+            # several processes: assemble global arrays; every process runs the same program
+            local = batch_contract == "local"
+            if not local:
+                validate_batch(batch, K, n)
+            batch = distributed.to_global(batch, batch_sharding, local=local)
+            if local:
+                validate_batch(batch, K, n)  # the global batch
+            state = distributed.to_global(state, replicated)
+            rng = distributed.to_global(rng, replicated)
             return fn(state, batch, rng)
 
         return update

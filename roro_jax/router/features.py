@@ -103,10 +103,14 @@ def logprob_features(topk_logprobs, chosen_logprobs, mask, *, step_index=0, larg
       mask: [..., L] 1 for real tokens.
       step_index, large_tokens_so_far, escalations_so_far: [...] routing context.
     Returns: [..., 16] float32 in the order of ``LOGPROB_NAMES``.
+
+    Non-finite log-probs never make non-finite features: chosen log-probs are clipped to [-30, 0] (NaN
+    counts as -30), and non-finite top-k entries count as missing.
     """
     m = jnp.asarray(mask, jnp.float32)
     clp = jnp.asarray(chosen_logprobs, jnp.float32)
-    clp = jnp.where(m > 0, jnp.maximum(clp, -30.0), 0.0)
+    clp = jnp.where(jnp.isnan(clp), -30.0, clp)  # engine garbage: a NaN log-prob counts as the floor
+    clp = jnp.where(m > 0, jnp.clip(clp, -30.0, 0.0), 0.0)
     chosen, ent, margin, top1 = token_confidence(topk_logprobs, clp, m)
     n = jnp.sum(m, -1)
     mean_lp = _masked_mean(clp, m)

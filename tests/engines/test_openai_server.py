@@ -292,6 +292,41 @@ def test_aborted_generation_is_retried():
     assert r.meta["attempts"] == 2
 
 
+def test_garbled_body_is_retried_then_named():
+    good = completion([5, 6])
+
+    def script(n, body):  # the first answer is cut off mid-JSON (a torn transfer)
+        return 200, (json.dumps(good).encode()[:40] if n == 0 else good), 0
+
+    with FakeServer(script) as srv:
+        [r] = run(engine(srv.url), [StepRequest([1])])
+    assert r.meta["attempts"] == 2 and r.token_ids == [5, 6]
+    with FakeServer(lambda n, b: (200, b"{not json", 0)) as srv:
+        with pytest.raises(EndpointUnavailableError, match="undecodable response body"):
+            run(engine(srv.url, max_retries=1), [StepRequest([1])])
+
+
+def test_retry_budget_bounds_retries_over_all_requests():
+    with FakeServer(lambda n, b: (500, {"error": {"message": "down"}}, 0)) as srv:
+        eng = engine(srv.url, max_retries=5, retry_budget=4, concurrency=1)
+        with pytest.raises(EndpointUnavailableError, match="retry budget of 4 retries is spent"):
+            run(eng, [StepRequest([i], request_id=f"q{i}") for i in range(3)])
+    # one request at a time: the first spends the whole budget (5 attempts), the batch then fails
+    assert eng.retries == 4 and len(srv.bodies) == 5
+
+
+def test_latency_stats_count_every_finished_request():
+    def script(n, body):
+        return 200, completion([5, 4]), 0.05
+
+    with FakeServer(script) as srv:
+        eng = engine(srv.url)
+        assert eng.latency_stats() == {"count": 0}
+        run(eng, [StepRequest([i]) for i in range(5)])
+    st = eng.latency_stats()
+    assert st["count"] == 5 and 0.05 <= st["p50"] <= st["p99"] <= st["max"] < 2.0
+
+
 def test_bad_request_not_retried():
     with FakeServer(lambda n, b: (400, {"error": {"message": "prompt too long: 5000 > 4096"}}, 0)) as srv:
         with pytest.raises(EngineRequestError, match=r"HTTP 400.*prompt too long"):

@@ -1,25 +1,20 @@
-"""Routing rollouts end to end on vLLM-served toy models, and crash/resume of a collection.
+"""Routing rollouts end to end on vLLM-served toy models.
 
-The small and large models are served by two real vLLM servers; ``roro_jax.rollout`` routes with a
-seeded random policy and writes every finished trajectory to a ``TrajectoryStore``. In the resume test
-the small model's server is SIGKILLed mid-collection; the collection fails with the engine's error, the
-server is restarted, and the same collection resumes to a complete store: every expected key exactly
-once, none missing.
+The small and large models are served by two real vLLM servers; ``roro_jax.rollout`` routes with
+constant policies. The crash/resume of a collection (the small model's server SIGKILLed mid-collection,
+restarted, the collection resumed to a complete store), injected server faults and a 256-trajectory
+load test are in test_vllm_faults.py, which reuses this file's helpers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 
 import numpy as np
 import pytest
 
-from roro_jax.engines.openai_server import EngineError
 from roro_jax.rollout import RolloutConfig, rollout
 from roro_jax.router.policies import ConstantPolicy
-from roro_jax.store import TrajectoryStore, key_of
 from roro_jax.types import ESCALATE, KEEP, LARGE, SMALL
 
 pytestmark = pytest.mark.integration
@@ -96,64 +91,3 @@ def test_constant_policies_end_to_end(engine_for, report):
         assert t.n_escalations == len(t.steps) and t.large_tokens > 0
     report["rollout_constant_policies"] = {k: {"trajectories": len(v), "steps": sum(len(t.steps) for t in v)}
                                            for k, v in out.items()}
-
-
-def test_kill_server_mid_collection_then_resume(servers, engine_for, tmp_path, report):
-    problems = toy_problems(12)
-    G = 3
-    policy = SeededRandomPolicy(0.3, "rand-0.3")
-    expected = {(str(p.id), g, policy.policy_id) for p in problems for g in range(G)}
-    path = tmp_path / "trajectories.jsonl"
-    store = TrajectoryStore(path)
-
-    def engines():
-        kw = dict(max_retries=2, backoff=0.2, timeout=30.0)
-        return engine_for("small", **kw), engine_for("large", **kw)
-
-    async def interrupted():
-        small, large = engines()
-        task = asyncio.ensure_future(rollout(problems, small, large, policy, CFG, group_size=G, seed=0,
-                                             store=store, prompt_fn=prompt_fn))
-        t0 = time.time()
-        while len(store) < 3 and not task.done() and time.time() - t0 < 300:
-            await asyncio.sleep(0.02)
-        assert not task.done(), "the collection finished before the server could be killed"
-        await asyncio.to_thread(servers["small"].kill)  # SIGKILL the whole server process group
-        with pytest.raises(EngineError) as ei:
-            await task
-        await small.aclose()
-        await large.aclose()
-        return ei.value
-
-    err = asyncio.run(interrupted())
-    assert servers["small"].url.rsplit("/", 1)[0] in str(err)  # the error names the dead endpoint
-    n_before = len(TrajectoryStore(path))
-    assert 0 < n_before < len(expected)
-
-    t0 = time.time()
-    servers["small"].start(timeout=600)
-    restart_s = time.time() - t0
-
-    async def resumed():
-        small, large = engines()
-        try:
-            return await rollout(problems, small, large, policy, CFG, group_size=G, seed=0, store=store,
-                                 prompt_fn=prompt_fn)
-        finally:
-            await small.aclose()
-            await large.aclose()
-
-    new = asyncio.run(resumed())
-    assert len(new) == len(expected) - n_before  # stored ones were skipped, the rest collected
-    keys = [key_of(json.loads(line)) for line in open(path)]
-    assert len(keys) == len(set(keys)), "duplicate trajectories in the store"
-    assert set(keys) == expected, "missing trajectories"
-    assert TrajectoryStore(path).missing(expected) == []
-    trajs = list(TrajectoryStore(path).iter())
-    for t in trajs:
-        check_trajectory(t)
-    esc = sum(t.n_escalations for t in trajs) / max(1, sum(len(t.steps) for t in trajs))
-    report["resume_after_kill"] = {"expected": len(expected), "stored_before_kill": n_before,
-                                   "collected_after_restart": len(new), "duplicates": 0, "missing": 0,
-                                   "escalation_rate": round(esc, 3), "restart_seconds": round(restart_s, 1),
-                                   "error": f"{type(err).__name__}: {str(err)[:160]}"}

@@ -99,3 +99,20 @@ def test_fresh_run_replaces_old_checkpoints(tmp_path):
     assert [h["update"] for h in hist] == [1, 2]
     for a, b in zip(params_of(first), params_of(again)):
         np.testing.assert_array_equal(a, b)  # same seed, same run
+
+
+def test_non_finite_host_batch_rejected_before_the_jitted_update():
+    from roro_jax.rl.update import validate_batch
+
+    rng = np.random.default_rng(0)
+    batch = {"features": rng.standard_normal((4, 3, 2)).astype(np.float32), "actions": np.zeros((4, 3), np.int32),
+             "old_logp": np.zeros((4, 3), np.float32), "mask": np.ones((4, 3), np.float32),
+             "advantages": np.zeros(4, np.float32)}
+    validate_batch(batch, 2)
+    batch["features"][2, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"batch\['features'\] has a non-finite value nan at index \[2, 1, 0\]"):
+        validate_batch(batch, 2)
+    batch["features"][2, 1, 0] = 0.0
+    batch["advantages"][3] = np.inf
+    with pytest.raises(ValueError, match=r"batch\['advantages'\].*index \[3\]"):
+        validate_batch(batch, 2)
