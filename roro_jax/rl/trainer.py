@@ -116,6 +116,28 @@ def score_trajectories(reward_batch, cfg):
     return rewards, terms, adv
 
 
+def _log_lines_upto(path, update: int) -> list[str]:
+    """The metrics log's lines of updates ``<= update``. A torn last line (a crash mid-write, e.g. power
+    loss) is dropped with a warning; an undecodable line elsewhere is an error naming it."""
+    import json
+    import warnings
+
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    kept = []
+    for i, ln in enumerate(lines):
+        try:
+            row = json.loads(ln)
+            n = int(row["update"])
+        except (ValueError, KeyError, TypeError) as e:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: torn last line dropped on resume ({e})", RuntimeWarning, stacklevel=3)
+                break
+            raise ValueError(f"{path}:{i + 1}: not a metrics record: {e}") from None
+        if n <= update:
+            kept.append(ln)
+    return kept
+
+
 def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, stop_after: int | None = None,
                  progress: bool = True, desc: str = "router GRPO"):
     """The online GRPO loop shared by every world.
@@ -146,9 +168,7 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     elif not resume:
         ckpt.clear()  # a fresh run replaces the old run's checkpoints
     log_path = out / "metrics.jsonl"
-    kept = []
-    if start and log_path.exists():
-        kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["update"] <= start]
+    kept = _log_lines_upto(log_path, start) if start and log_path.exists() else []
     log_path.write_text("".join(ln + "\n" for ln in kept))
     key = jax.random.PRNGKey(cfg.seed)
     end = cfg.train.updates if stop_after is None else min(cfg.train.updates, start + stop_after)

@@ -1,5 +1,6 @@
 """The jitted update: data-parallel equivalence, checkpoint/resume, learning."""
 
+import json
 import shutil
 
 import jax
@@ -62,10 +63,15 @@ def test_resume_from_older_checkpoint_after_crash(tmp_path):
     train_router_synthetic(cfg_b, resume=False, stop_after=4, progress=False)
     ckpt_dir = tmp_path / "b" / "checkpoints"
     shutil.rmtree(ckpt_dir / "4")  # as if killed before the forced save at update 4 completed
-    resumed, hist = train_router_synthetic(cfg_b, resume=True, progress=False)
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write('{"update": 5, "rew')  # and the metrics log ends in a torn line
+    with pytest.warns(RuntimeWarning, match="torn last line dropped on resume"):
+        resumed, hist = train_router_synthetic(cfg_b, resume=True, progress=False)
     assert [h["update"] for h in hist] == [3, 4, 5]
     for a, b in zip(params_of(full), params_of(resumed)):
         np.testing.assert_array_equal(a, b)
+    log = [json.loads(ln)["update"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4, 5]
 
 
 def test_router_learns_to_escalate_low_confidence_steps(tmp_path):
