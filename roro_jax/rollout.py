@@ -202,9 +202,11 @@ class _Decider:
             self._flush = loop.create_task(self._run())
         return await row.future
 
+    ROW_BLOCK = 64  # rows per feature call: one compiled shape, results independent of the batch's size
+
     def featurize(self, rows: Sequence[_Row]) -> np.ndarray:
-        n, L, k = len(rows), self.L, self.k
-        nb = _bucket(n, 8)
+        n, L, k, B = len(rows), self.L, self.k, self.ROW_BLOCK
+        nb = max(-(-n // B), 1) * B
         top = np.full((nb, L, k), -np.inf, np.float32)
         chosen = np.zeros((nb, L), np.float32)
         mask = np.zeros((nb, L), np.float32)
@@ -217,8 +219,10 @@ class _Decider:
             top[i, :m, :tl.shape[1]] = tl
             mask[i, :m] = 1.0
             ctx[:, i] = (r.step_index, r.large_so_far, r.esc_so_far)
-        f = self.fn(top, chosen, mask, step_index=ctx[0], large_tokens_so_far=ctx[1], escalations_so_far=ctx[2])
-        return np.asarray(f, np.float32)[:n]
+        f = [np.asarray(self.fn(top[j:j + B], chosen[j:j + B], mask[j:j + B], step_index=ctx[0, j:j + B],
+                                large_tokens_so_far=ctx[1, j:j + B], escalations_so_far=ctx[2, j:j + B]),
+                        np.float32) for j in range(0, nb, B)]
+        return np.concatenate(f)[:n]
 
     async def _run(self) -> None:
         await asyncio.sleep(0)  # gather every proposal that is ready in this tick
@@ -469,17 +473,12 @@ def rollout_sync(*args, **kwargs) -> list[Trajectory]:
 
 
 def warm_features(cfg: RolloutConfig, max_rows: int = 256) -> None:
-    """Compile the decision batcher's feature function for every row bucket up to ``max_rows`` (benchmarks
-    call this so no compile lands inside a timed run)."""
+    """Compile the decision batcher's feature function (one shape: blocks of ``_Decider.ROW_BLOCK`` rows),
+    so no compile lands inside a timed run. ``max_rows`` is kept for callers; one block compiles all."""
     dec = _Decider(_NoPolicy(), cfg, "logprob")
-    n = 8
-    while True:
-        rows = [_Row(StepResult([0], "", "stop", np.zeros(1, np.float32), np.zeros((1, cfg.logprobs), np.float32)),
-                     0, 0, 0, np.zeros(0), "q", 0, 0)] * n
-        dec.featurize(rows)
-        if n >= max_rows:
-            break
-        n *= 2
+    row = _Row(StepResult([0], "", "stop", np.zeros(1, np.float32), np.zeros((1, cfg.logprobs), np.float32)),
+               0, 0, 0, np.zeros(0), "q", 0, 0)
+    dec.featurize([row])
 
 
 class _NoPolicy:

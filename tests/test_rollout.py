@@ -290,3 +290,35 @@ def test_no_recompiles_and_overlap(engines, problems):
     assert d["rows"] == sum(len(t.steps) for t in trajs)
     assert d["batches"] < d["rows"] / 2
     assert ConstantPolicy(KEEP).policy_id == "srm_only"
+
+
+def test_row_results_do_not_depend_on_how_many_rows_arrive_together():
+    """The Flax engines run in worker threads, so which proposals are decided together depends on timing;
+    a row's features and router probability must be bit-identical however many rows share its batch."""
+    from roro_jax.config import load_config
+    from roro_jax.engines.base import StepResult
+    from roro_jax.rl.trainer import RouterLearner
+    from roro_jax.rollout import _Decider, _Row
+    from roro_jax.router.features import get_family
+    from roro_jax.router.policies import RouterPolicy
+
+    cfg = RolloutConfig(max_steps=6, max_step_tokens=16, logprobs=5)
+    rng = np.random.default_rng(0)
+
+    def row(i):
+        m = int(rng.integers(1, 16))
+        lp = -rng.random(m).astype(np.float32)
+        top = np.sort(-rng.random((m, 5)).astype(np.float32), axis=1)[:, ::-1]
+        return _Row(StepResult(list(range(m)), "x", "stop", lp, top), i % 6, i, i % 3, np.zeros(0), "q", i, i)
+
+    rows = [row(i) for i in range(150)]
+    dec = _Decider(ConstantPolicy(KEEP, policy_id="k"), cfg, "logprob")
+    together = dec.featurize(rows)
+    alone = np.concatenate([dec.featurize([r]) for r in rows[:20]] + [dec.featurize(rows[20:37])])
+    np.testing.assert_array_equal(together[:37], alone)
+
+    learner = RouterLearner(load_config(None, ["router.hidden=[32,32]"]), get_family("logprob").dim)
+    policy = RouterPolicy(learner)
+    p_all = policy.escalate_prob(together)
+    p_parts = np.concatenate([policy.escalate_prob(together[i:i + n]) for i, n in ((0, 1), (1, 5), (6, 90), (96, 54))])
+    np.testing.assert_array_equal(p_all, p_parts)

@@ -51,10 +51,6 @@ class Policy(Protocol):
         ...
 
 
-def _bucket(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
 class RouterPolicy:
     """The learned :class:`~roro_jax.router.mlp.RouterMLP` as a policy (sampled, or greedy at ``threshold``).
 
@@ -64,9 +60,13 @@ class RouterPolicy:
       params: the parameters to act with (default: the learner's current ones, read at each call).
       greedy: escalate iff p(escalate) > ``threshold`` (evaluation); otherwise sample (training).
 
-    Rows are padded to a power-of-two count before the jitted forward (no recompilation per batch size),
-    and sampling draws one uniform per row from ``obs.row_seeds`` when given (batch-invariant).
+    Rows go through the jitted forward in blocks of ``ROW_BLOCK`` (the last one zero-padded): one compiled
+    shape, and a row's probability does not depend on how many rows arrived with it (a matmul's
+    rounding can depend on its row count), so a collection is bit-reproducible whatever the engines'
+    timing. Sampling draws one uniform per row from ``obs.row_seeds`` when given (batch-invariant).
     """
+
+    ROW_BLOCK = 64
 
     batch_invariant = True
 
@@ -77,10 +77,12 @@ class RouterPolicy:
 
     def escalate_prob(self, features) -> np.ndarray:
         x = np.asarray(features, np.float32)
-        n = x.shape[0]
-        pad = np.zeros((_bucket(n),) + x.shape[1:], np.float32)
+        n, B = x.shape[0], self.ROW_BLOCK
+        pad = np.zeros((max(-(-n // B), 1) * B,) + x.shape[1:], np.float32)
         pad[:n] = x
-        return np.asarray(self.learner.escalate_prob(pad, self.params), np.float64)[:n]
+        out = [np.asarray(self.learner.escalate_prob(pad[i:i + B], self.params), np.float64)
+               for i in range(0, len(pad), B)]
+        return np.concatenate(out)[:n]
 
     def act(self, obs: StepObservation, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         from roro_jax.router.baselines import row_uniforms
