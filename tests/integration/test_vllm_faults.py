@@ -3,9 +3,10 @@
 * Faults: the engines talk to each server through ``scripts/fault_proxy.py`` on loopback, which injects
   HTTP 500s, truncated (invalid JSON) bodies, answers slower than the client's timeout and dropped
   connections, plus a window of refused connections; mid-collection the small model's real server is
-  SIGKILLed. The collection ends with the engine's clear error (the proxy answers 502 for the dead
-  upstream); the server is restarted and the same collection resumes, faults still on, to a complete
-  store: every expected trajectory exactly once. Lost trajectories must be 0.
+  SIGKILLed. The collection ends with the engine's clear error naming the endpoint once a request's
+  attempts are spent (the proxy answers 502 for the dead upstream); the server is restarted and the same
+  collection resumes, faults still on, to a complete store: every expected trajectory exactly once.
+  Lost trajectories must be 0.
 * Load: 256 trajectories routed at once (one request per live trajectory in flight): every request is
   answered (failed attempts retried and counted by error type); tokens/s and p50/p99 request latency
   are reported.
@@ -83,9 +84,12 @@ def test_faults_and_server_kill_lose_nothing(servers, model_dirs, tmp_path, repo
         await large.aclose()
         return ei.value, fail_s
 
+    restart_s = None
     try:
         err, fail_s = asyncio.run(interrupted())
-        assert proxies["small"].url in str(err) and "upstream unreachable" in str(err)
+        # the last attempt's error is whatever that attempt met: mostly the proxy's 502 for the dead
+        # upstream, sometimes an injected 500 or dropped connection; the message always names the endpoint
+        assert proxies["small"].url in str(err) and "failed after 11 attempts" in str(err), err
         n_before = len(TrajectoryStore(path))
         assert 0 < n_before < len(expected)
 
@@ -106,6 +110,8 @@ def test_faults_and_server_kill_lose_nothing(servers, model_dirs, tmp_path, repo
     finally:
         for p in proxies.values():
             p.stop()
+        if not servers["small"].alive():  # never leave the later tests without their server
+            servers["small"].start(timeout=600)
     keys = [key_of(json.loads(line)) for line in open(path)]
     assert len(keys) == len(set(keys)), "duplicate trajectories in the store"
     assert set(keys) == expected, "missing trajectories"
@@ -131,7 +137,7 @@ def test_256_concurrent_trajectories(engine_for, report):
     G = 8
     cfg = dataclasses.replace(CFG, max_live=256)
     policy = SeededRandomPolicy(0.3, "rand-0.3")
-    small, large = (engine_for(n, concurrency=256, timeout=300.0, max_retries=3) for n in ("small", "large"))
+    small, large = (engine_for(n, concurrency=256, timeout=300.0, max_retries=6) for n in ("small", "large"))
 
     async def go():
         try:
