@@ -135,11 +135,9 @@ def reward_batch(trajs: Sequence[Trajectory], process_fn: ProcessFn | None = Non
     """The per-trajectory inputs of the reward registry (``roro_jax.rl.rewards``): ``correct``,
     ``large_share`` (the ``cost`` term is minus it), ``escalation_rate``, ``small_tokens``, ``large_tokens``
     and, with a scorer, ``process``."""
-    rb = {"correct": np.array([float(bool(t.correct)) for t in trajs], np.float32),
-          "large_share": np.array([t.large_share for t in trajs], np.float32),
-          "escalation_rate": np.array([t.n_escalations / max(len(t.steps), 1) for t in trajs], np.float32),
-          "small_tokens": np.array([t.small_tokens for t in trajs], np.float32),
-          "large_tokens": np.array([t.large_tokens for t in trajs], np.float32)}
+    from roro_jax.rl.stream import reward_inputs
+
+    rb = reward_inputs(trajs)
     if process_fn is not None:
         rb["process"] = np.asarray(process_fn(trajs), np.float32)
         if rb["process"].shape != (len(trajs),):
