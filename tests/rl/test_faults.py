@@ -185,8 +185,7 @@ def _array_files(step_dir: Path) -> list[Path]:
 
 def _array_file(step_dir: Path) -> Path:
     """The largest array data file of a step (OCDBT data under state/)."""
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-    return max(files, key=lambda p: p.stat().st_size)
+    return max(_array_files(step_dir), key=lambda p: p.stat().st_size)
 
 
 def _flip_byte(path: Path) -> None:
