@@ -29,11 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.extend.random import threefry2x32_p
 
 from roro_jax.models.decoder import Decoder
 from roro_jax.models.stopping import stop_tables_for, token_texts
 
 MAX_TOP_LOGPROBS = 20
+CANDIDATES = 256  # largest logits a top-k / top-p draw looks at (see _choose)
 FINISH_REASONS = ("length", "stop", "eos")  # index = code used inside the loop
 
 
@@ -100,17 +102,16 @@ def _filter_sorted(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
 
-def _filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array, candidates: int = 256) -> jax.Array:
-    """Mask (to -inf) everything outside each row's top-k, then outside its top-p nucleus.
+def _candidate_threshold(scaled: jax.Array, cand: jax.Array, top_k: jax.Array, top_p: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+    """Each row's keep-threshold from its largest logits ``cand`` [B, n] (descending, from ``lax.top_k``).
 
-    Works on the ``candidates`` largest logits (``lax.top_k``; a full sort of a 50k vocabulary costs
-    ~150 ms per step on CPU). Rows whose nucleus or top-k reaches beyond the candidates (very flat
-    distributions) make the whole batch take the exact full-sort path instead, so the result is always
-    that of :func:`_filter_sorted`.
+    Returns ``threshold`` [B] (keep the logits >= it; -inf for a row with no filter) and ``fits`` [B]: the
+    row's kept set lies within its ``n`` candidates, so ``threshold`` is exact. A row whose top-k exceeds
+    ``n`` or whose nucleus is wider than the candidates (a very flat distribution) does not fit, and neither
+    does a row with no filter (it keeps the whole vocabulary).
     """
-    vocab = scaled.shape[-1]
-    n = min(candidates, vocab)
-    cand, _ = jax.lax.top_k(scaled, n)
+    vocab, n = scaled.shape[-1], cand.shape[-1]
     idx = jnp.arange(n)[None, :]
     top_k = jnp.where(top_k >= vocab, 0, top_k)
     k = jnp.where(top_k > 0, jnp.minimum(top_k, n), n)[:, None]
@@ -121,23 +122,92 @@ def _filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array, candid
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     keep = ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0)) & (idx < k)  # float cumsum may hit 1
     n_keep = jnp.maximum(jnp.sum(keep, axis=-1), 1)
-    threshold = jnp.take_along_axis(cand, (n_keep - 1)[:, None], axis=-1)
-    no_filter = ((top_k == 0) & (top_p >= 1.0))[:, None]
+    threshold = jnp.take_along_axis(cand, (n_keep - 1)[:, None], axis=-1)[:, 0]
+    no_filter = (top_k == 0) & (top_p >= 1.0)
     threshold = jnp.where(no_filter, -jnp.inf, threshold)
     beyond = (top_k > n) | ((top_k == 0) & (top_p < 1.0) & (jnp.sum(probs, axis=-1) < top_p))
-    return jax.lax.cond(jnp.any(beyond), _filter_sorted,
-                        lambda s, k_, p_: jnp.where(s >= threshold, s, -jnp.inf), scaled, top_k, top_p)
+    return threshold, ~(beyond | no_filter)
 
 
-def _choose(logits: jax.Array, rows: dict, step: jax.Array) -> jax.Array:
-    greedy = jnp.argmax(logits, axis=-1)
+def _filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array, candidates: int = CANDIDATES
+                   ) -> jax.Array:
+    """Mask (to -inf) everything outside each row's top-k, then outside its top-p nucleus.
+
+    Works on the ``candidates`` largest logits (``lax.top_k``; a full sort of a 50k vocabulary costs
+    ~150 ms per step on CPU). Rows whose nucleus or top-k reaches beyond the candidates (very flat
+    distributions) make the whole batch take the exact full-sort path instead, so the result is always
+    that of :func:`_filter_sorted`.
+    """
+    cand, _ = jax.lax.top_k(scaled, min(candidates, scaled.shape[-1]))
+    threshold, fits = _candidate_threshold(scaled, cand, top_k, top_p)
+    no_filter = (top_k == 0) & (top_p >= 1.0)
+    return jax.lax.cond(jnp.all(fits | no_filter),
+                        lambda s, k_, p_: jnp.where(s >= threshold[:, None], s, -jnp.inf),
+                        _filter_sorted, scaled, top_k, top_p)
+
+
+def _gumbel(key_data: jax.Array, ids: jax.Array) -> jax.Array:
+    """Gumbel noise [B, n] for token ``ids`` ([B, n] or [1, n]) under each row's key ``key_data`` [B, 2].
+
+    The noise of a (key, token id) pair is a pure function of the two (Threefry-2x32 of the id), so
+    drawing from a row's top candidates and from its whole vocabulary picks the same token.
+    """
+    ids = ids.astype(jnp.uint32)  # [B, n] or [1, n]: the primitive broadcasts (materialising is slower)
+    hi, lo = threefry2x32_p.bind(key_data[:, :1], key_data[:, 1:], jnp.zeros_like(ids), ids)
+    bits = hi ^ lo
+    uniform = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32) - 1.0
+    tiny = np.finfo(np.float32).tiny
+    return -jnp.log(-jnp.log(jnp.maximum(uniform, tiny)))
+
+
+def _choose(logits: jax.Array, rows: dict, step: jax.Array, candidates: int = CANDIDATES) -> jax.Array:
+    """Token ``step`` of every row: greedy at temperature 0, else a Gumbel-max draw from the filtered,
+    temperature-scaled distribution.
+
+    When every sampling row's kept set lies within its ``candidates`` largest logits (the usual case with
+    top-k or top-p), the draw looks at those candidates only; otherwise it looks at the whole vocabulary.
+    Both give the same token (same per-token noise, exact filter), so a row's draw does not depend on the
+    other rows of its batch.
+    """
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     temp = rows["temperature"]
-    scaled = logits / jnp.where(temp > 0, temp, 1.0)[:, None]
-    needs_filter = jnp.any((rows["top_k"] > 0) | (rows["top_p"] < 1.0))
-    scaled = jax.lax.cond(needs_filter, _filter_logits, lambda s, k, p: s, scaled, rows["top_k"], rows["top_p"])
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), step))(rows["seed"])
-    sampled = jax.vmap(jax.random.categorical)(keys, scaled)
-    return jnp.where(temp > 0, sampled, greedy).astype(jnp.int32)
+    no_filter = (rows["top_k"] == 0) & (rows["top_p"] >= 1.0)
+
+    def keys_and_scaled(logits):
+        scaled = logits / jnp.where(temp > 0, temp, 1.0)[:, None]
+        keys = jax.vmap(lambda s: jax.random.key_data(jax.random.fold_in(jax.random.key(s), step)))(rows["seed"])
+        return keys, scaled
+
+    def vocabulary_ids(scaled):
+        return jnp.arange(scaled.shape[-1], dtype=jnp.int32)[None, :]
+
+    def sample_unfiltered(logits):
+        keys, scaled = keys_and_scaled(logits)
+        drawn = jnp.argmax(scaled + _gumbel(keys, vocabulary_ids(scaled)), axis=-1)
+        return jnp.where(temp > 0, drawn, greedy).astype(jnp.int32)
+
+    def sample(logits):
+        keys, scaled = keys_and_scaled(logits)
+        cand, cand_ids = jax.lax.top_k(scaled, min(candidates, scaled.shape[-1]))
+        threshold, fits = _candidate_threshold(scaled, cand, rows["top_k"], rows["top_p"])
+
+        def from_candidates(_):
+            noisy = jnp.where(cand >= threshold[:, None], cand + _gumbel(keys, cand_ids), -jnp.inf)
+            return jnp.take_along_axis(cand_ids, jnp.argmax(noisy, axis=-1)[:, None], axis=-1)[:, 0]
+
+        def from_vocabulary(_):
+            keep_all = no_filter[:, None]
+            exact = jax.lax.cond(jnp.any(~fits & ~no_filter & (temp > 0)), _filter_sorted,
+                                 lambda s, k_, p_: jnp.where(keep_all | (s >= threshold[:, None]), s, -jnp.inf),
+                                 scaled, rows["top_k"], rows["top_p"])
+            return jnp.argmax(exact + _gumbel(keys, vocabulary_ids(scaled)), axis=-1)
+
+        drawn = jax.lax.cond(jnp.all(fits | (temp <= 0)), from_candidates, from_vocabulary, None)
+        return jnp.where(temp > 0, drawn, greedy).astype(jnp.int32)
+
+    # 0: every row greedy; 1: no sampling row filters; 2: some sampling row has top-k / top-p
+    branch = jnp.where(jnp.any(temp > 0), jnp.where(jnp.any(~no_filter & (temp > 0)), 2, 1), 0)
+    return jax.lax.switch(branch, [lambda _: greedy, sample_unfiltered, sample], logits)
 
 
 def generate_arrays(model: Decoder, prompt: jax.Array, prompt_mask: jax.Array, rows: dict, tables: dict, *,
@@ -158,7 +228,7 @@ def generate_arrays(model: Decoder, prompt: jax.Array, prompt_mask: jax.Array, r
     rows_idx = jnp.arange(b)
 
     carry = dict(
-        t=jnp.int32(0), logits=logits, cache=cache, kv_valid=kv_valid, positions=positions,
+        t=jnp.int32(0), tok=jnp.zeros((b,), jnp.int32), cache=cache, kv_valid=kv_valid, positions=positions,
         auto=jnp.zeros((b, n_stop), jnp.int32), done=rows["max_new"] <= 0,
         length=jnp.zeros((b,), jnp.int32), finish=jnp.zeros((b,), jnp.int32),
         stop_index=jnp.full((b,), -1, jnp.int32),
@@ -167,15 +237,14 @@ def generate_arrays(model: Decoder, prompt: jax.Array, prompt_mask: jax.Array, r
         top_logprobs=jnp.zeros((b, max_new, top_n), jnp.float32),
     )
 
-    def cond(c):
-        return (c["t"] < max_new) & ~jnp.all(c["done"])
-
-    def body(c):
+    def pick(c, logits):
+        """Choose token ``t`` from its distribution ``logits``, record it and update the stop state."""
         t = c["t"]
-        logp = jax.nn.log_softmax(c["logits"], axis=-1)
-        tok = _choose(c["logits"], rows, t)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        tok = _choose(logits, rows, t)
         active = ~c["done"]
         out = dict(c)
+        out["tok"] = tok
         out["tokens"] = c["tokens"].at[:, t].set(jnp.where(active, tok, 0))
         out["logprobs"] = c["logprobs"].at[:, t].set(logp[rows_idx, tok])
         if top_n:
@@ -195,24 +264,23 @@ def generate_arrays(model: Decoder, prompt: jax.Array, prompt_mask: jax.Array, r
         out["stop_index"] = jnp.where(ends & jnp.any(hit, -1), jnp.argmax(hit, axis=-1), c["stop_index"])
         out["length"] = jnp.where(active, t + 1, c["length"])
         out["done"] = c["done"] | ends
-        # next token's logits (skipped once every row is done)
-        slot = p + t
-        kv_valid_next = c["kv_valid"].at[:, slot].set(True)
-
-        def step(args):
-            cache, kvv, pos = args
-            return model.decode_step(tok, pos, cache, kvv, slot)
-
-        def skip(args):
-            return c["logits"], args[0]
-
-        out["logits"], out["cache"] = jax.lax.cond(
-            jnp.all(out["done"]), skip, step, (c["cache"], kv_valid_next, c["positions"]))
-        out["kv_valid"] = kv_valid_next
-        out["positions"] = c["positions"] + 1
         out["t"] = t + 1
         return out
 
+    def cond(c):
+        return (c["t"] < max_new) & ~jnp.all(c["done"])
+
+    def body(c):
+        # Feed the token chosen last (token t - 1, cache slot p + t - 1), then choose token t. The decode
+        # is unconditional: the loop only runs while some row still needs a token, and a cache updated
+        # inside a ``lax.cond`` branch would be copied whole on every step.
+        slot = p + c["t"] - 1
+        kv_valid_next = c["kv_valid"].at[:, slot].set(True)
+        logits, cache = model.decode_step(c["tok"], c["positions"], c["cache"], kv_valid_next, slot)
+        c = dict(c, cache=cache, kv_valid=kv_valid_next, positions=c["positions"] + 1)
+        return pick(c, logits)
+
+    carry = pick(carry, logits)  # token 0 comes from the prefill's logits
     final = jax.lax.while_loop(cond, body, carry)
     return {k: final[k] for k in ("tokens", "logprobs", "top_ids", "top_logprobs", "length", "finish",
                                   "stop_index")}

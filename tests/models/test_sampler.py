@@ -199,3 +199,57 @@ def test_candidate_filter_equals_full_sort(candidates):
     alone = jax.jit(_filter_logits, static_argnames="candidates")(logits[rows], top_k[rows], top_p[rows],
                                                                    candidates=16)
     np.testing.assert_array_equal(np.isfinite(alone), np.isfinite(want[rows]))
+
+
+def _rows(temperature, top_k, top_p, seeds):
+    return dict(temperature=jnp.asarray(temperature, jnp.float32), top_k=jnp.asarray(top_k, jnp.int32),
+                top_p=jnp.asarray(top_p, jnp.float32), seed=jnp.asarray(seeds, jnp.uint32))
+
+
+def test_candidate_draw_equals_vocabulary_draw():
+    """A draw from the top candidates and one from the whole vocabulary pick the same token.
+
+    Rows 0-3 fit in 16 candidates; adding row 4 (flat logits, top-p 0.9: its nucleus is ~900 tokens) makes
+    the batch draw from the whole vocabulary, which must not change rows 0-3's tokens at any step.
+    """
+    from roro_jax.models.sampler import _choose
+
+    rng = np.random.RandomState(1)
+    vocab = 1000
+    peaked = rng.randn(4, vocab)
+    for row in range(4):  # six likely tokens per row, elsewhere a long tail
+        peaked[row, rng.choice(vocab, 6, replace=False)] += 7.0
+    flat = rng.randn(1, vocab) * 0.05
+    fit = _rows([0.8, 1.3, 0.7, 0.0], [0, 5, 3, 0], [0.9, 1.0, 0.6, 0.5], [3, 4, 5, 6])
+    wide = _rows([0.8, 1.3, 0.7, 0.0, 1.0], [0, 5, 3, 0, 0], [0.9, 1.0, 0.6, 0.5, 0.9], [3, 4, 5, 6, 7])
+    from roro_jax.models.sampler import _candidate_threshold
+
+    for logits, rows in ((peaked, fit), (np.concatenate([peaked, flat]), wide)):  # which path each batch takes
+        scaled = jnp.asarray(logits, jnp.float32) / rows["temperature"].clip(1e-6)[:, None]
+        _, fits = _candidate_threshold(scaled, jax.lax.top_k(scaled, 16)[0], rows["top_k"], rows["top_p"])
+        assert bool(fits[:4].all()) and (len(fits) == 4 or not bool(fits[4]))
+    choose = jax.jit(_choose, static_argnames="candidates")
+    alone, together = [], []
+    for step in range(64):
+        alone.append(choose(jnp.asarray(peaked, jnp.float32), fit, jnp.int32(step), candidates=16))
+        together.append(choose(jnp.asarray(np.concatenate([peaked, flat]), jnp.float32), wide, jnp.int32(step),
+                               candidates=16)[:4])
+    alone, together = np.stack(alone), np.stack(together)
+    np.testing.assert_array_equal(alone, together)
+    assert len(set(alone[:, 0])) > 1  # the draws are random, not all the top token
+    assert set(alone[:, 1]) <= set(np.argsort(-peaked[1])[:5])  # top-5
+    np.testing.assert_array_equal(alone[:, 3], np.argmax(peaked[3]))  # temperature 0: greedy
+
+
+def test_gumbel_noise_is_a_function_of_key_and_token():
+    from roro_jax.models.sampler import _gumbel
+
+    keys = jax.vmap(lambda s: jax.random.key_data(jax.random.key(s)))(jnp.arange(3, dtype=jnp.uint32))
+    full = np.asarray(_gumbel(keys, jnp.arange(500)[None, :]))
+    some = np.asarray(_gumbel(keys, jnp.asarray([[7, 499, 0], [3, 3, 250], [1, 2, 4]])))
+    np.testing.assert_array_equal(some, np.take_along_axis(full, np.asarray([[7, 499, 0], [3, 3, 250], [1, 2, 4]]),
+                                                            axis=1))
+    assert np.all(np.isfinite(full)) and abs(full.mean() - 0.5772) < 0.1  # Gumbel(0, 1) has mean ~0.5772
+    if jax.config.jax_threefry_partitionable:  # then jax.random draws the very same noise
+        want = jax.vmap(lambda k: jax.random.gumbel(jax.random.wrap_key_data(k), (500,)))(keys)
+        np.testing.assert_array_equal(full, np.asarray(want))
