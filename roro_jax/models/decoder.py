@@ -24,7 +24,7 @@ from flax import nnx
 
 from roro_jax.models.config import DecoderConfig
 
-# A KV cache: one (keys, values) pair per layer, each [batch, cache_len, num_kv_heads, head_dim].
+# A KV cache: one (keys, values) pair per layer, each [batch, num_kv_heads, cache_len, head_dim].
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
 
 _NEG = float(np.finfo(np.float32).min)
@@ -98,21 +98,45 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
+def _heads(q: jax.Array, k: jax.Array, v: jax.Array):
+    """[B,T,Hq,D] queries and [B,S,Hkv,D] keys/values -> head-major q [B,Hkv,T,G,D] (scaled by D^-1/2),
+    k/v [B,Hkv,S,D]: the layout in which both attention products are plain batched matmuls."""
+    b, t, hq, d = q.shape
+    hkv = k.shape[2]
+    qh = (q * jnp.asarray(d ** -0.5, q.dtype)).reshape(b, t, hkv, hq // hkv, d).transpose(0, 2, 1, 3, 4)
+    return qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def _attend_heads(qh: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention in the head-major layout of :func:`_heads`; mask [B,T,S] -> [B,Hkv,T,G,D].
+
+    Scores and softmax statistics are float32; the normalisation is applied to the [.., D] output rather
+    than to the [.., S] probabilities (one pass less over the largest tensor).
+    """
+    b, hkv, t, g, d = qh.shape
+    s = kh.shape[2]
+    scores = jnp.einsum("bkmd,bksd->bkms", qh.reshape(b, hkv, t * g, d), kh, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, :, None, :], scores.reshape(b, hkv, t, g, s), _NEG)
+    # a query with no allowed key has all scores at _NEG: exp(0) everywhere, a uniform average (not NaN)
+    unnormalised = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    total = jnp.sum(unnormalised, axis=-1)
+    out = jnp.einsum("bkms,bksd->bkmd", unnormalised.reshape(b, hkv, t * g, s).astype(vh.dtype), vh,
+                     preferred_element_type=jnp.float32)
+    return (out.reshape(b, hkv, t, g, d) / total[..., None]).astype(vh.dtype)
+
+
+def _from_heads(out: jax.Array) -> jax.Array:
+    """[B,Hkv,T,G,D] -> [B,T,Hq,D]."""
+    b, hkv, t, g, d = out.shape
+    return out.transpose(0, 2, 1, 3, 4).reshape(b, t, hkv * g, d)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention. q [B,T,Hq,D], k/v [B,S,Hkv,D], mask [B,T,S] (True = may attend) -> [B,T,Hq,D].
 
     A query with no allowed key (a padding position) gets a uniform average instead of NaN.
     """
-    b, t, hq, d = q.shape
-    hkv = k.shape[2]
-    qg = q.reshape(b, t, hkv, hq // hkv, d)
-    # Score layout [B, Hkv, T, G, S] is the natural output of the batched matmul (no transpose of the
-    # largest tensor).
-    scores = jnp.einsum("btkgd,bskd->bktgs", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-    scores = jnp.where(mask[:, None, :, None, :], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bktgs,bskd->btkgd", probs, v)
-    return out.reshape(b, t, hq, d)
+    return _from_heads(_attend_heads(*_heads(q, k, v), mask))
 
 
 def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block: int = 128) -> jax.Array:
@@ -121,14 +145,19 @@ def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, blo
     Query block ``[i, i + block)`` only looks at keys ``[0, i + block)``: the keys after it are masked
     anyway, so the result equals :func:`attend` while computing about half the scores for long T.
     """
-    t = q.shape[1]
+    return _from_heads(_attend_causal_heads(*_heads(q, k, v), mask, block))
+
+
+def _attend_causal_heads(qh: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array, block: int = 128
+                         ) -> jax.Array:
+    t = qh.shape[2]
     if t <= block:
-        return attend(q, k, v, mask)
+        return _attend_heads(qh, kh, vh, mask)
     outs = []
     for start in range(0, t, block):
         end = min(start + block, t)
-        outs.append(attend(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
-    return jnp.concatenate(outs, axis=1)
+        outs.append(_attend_heads(qh[:, :, start:end], kh[:, :, :end], vh[:, :, :end], mask[:, start:end, :end]))
+    return jnp.concatenate(outs, axis=2)
 
 
 class Attention(nnx.Module):
@@ -160,16 +189,17 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qh, kh, vh = _heads(q, k, v)
         new_cache = None
-        if cache is not None:
+        if cache is not None:  # head-major [B, Hkv, S, D], as the attention products read it
             ck, cv = cache
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
+            ck = jax.lax.dynamic_update_slice(ck, kh.astype(ck.dtype), (0, 0, write_index, 0))
+            cv = jax.lax.dynamic_update_slice(cv, vh.astype(cv.dtype), (0, 0, write_index, 0))
             new_cache = (ck, cv)
             if attend_cache:
-                k, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        out = attend(q, k, v, mask) if attend_cache else attend_causal(q, k, v, mask)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), new_cache
+                kh, vh = ck.astype(q.dtype), cv.astype(q.dtype)
+        out = _attend_heads(qh, kh, vh, mask) if attend_cache else _attend_causal_heads(qh, kh, vh, mask)
+        return self.o_proj(_from_heads(out).reshape(b, t, self.num_heads * self.head_dim)), new_cache
 
 
 class MLP(nnx.Module):
@@ -272,7 +302,7 @@ class Decoder(nnx.Module):
     def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
         """An all-zero cache for ``batch`` rows of ``length`` slots."""
         cfg = self.config
-        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
         dtype = self.dtype if dtype is None else dtype
         return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers))
 
