@@ -4,7 +4,8 @@ Both sides load the same Hugging Face folder (default: the SmolLM2-135M-Instruct
 ``scripts/make_smollm2.py``) in float32 and run in this process, interleaved, on the same inputs:
 
 * scoring: per-token log-probs of ``batch x seq`` given tokens (default 8 x 512). Flax: the jitted
-  :func:`roro_jax.models.score.token_logprobs`; PyTorch: ``model(ids).logits`` -> ``log_softmax`` ->
+  :func:`roro_jax.models.score.token_logprobs` (on CPU compiled with
+  :func:`roro_jax.models.xla_cpu.long_sequence_options`); PyTorch: ``model(ids).logits`` -> ``log_softmax`` ->
   ``gather`` under ``torch.inference_mode``. Figure: tokens scored per second.
 * sampling: ``batch`` prompts (real chat text, different lengths), ``new_tokens`` new tokens each
   (default 8 x 128, EOS ignored so every row runs to the end), temperature 0.7, top-p 0.95, top-20
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     from roro_jax.models import from_pretrained
     from roro_jax.models.sampler import Sampler, SamplingParams
     from roro_jax.models.score import token_logprobs
+    from roro_jax.models.xla_cpu import long_sequence_options
 
     folder = args.folder or default_folder()
     if not (folder / "config.json").exists():
@@ -140,10 +142,12 @@ def main(argv: list[str] | None = None) -> dict:
         ids_np = rng.randint(0, vocab, (args.batch, args.seq)).astype(np.int32)
         ids_j = jnp.asarray(ids_np)
         ids_t = torch.tensor(ids_np, dtype=torch.long, device=dev)
-        score = nnx.jit(lambda m, x: token_logprobs(m, x))
+        graphdef, state = nnx.split(model)
+        score = jax.jit(lambda st, x: token_logprobs(nnx.merge(graphdef, st), x),
+                        compiler_options=long_sequence_options())
 
         def flax_score():
-            jax.block_until_ready(score(model, ids_j))
+            jax.block_until_ready(score(state, ids_j))
 
         def torch_score():
             with torch.inference_mode():

@@ -7,6 +7,7 @@ Public entry points::
     save_pretrained(model, folder, tokenizer=None)            # HF-compatible folder
     model = init_model(DecoderConfig(...), seed=0)            # random weights, trainable with optax
     token_logprobs(model, tokens, mask)                       # [B, T] scoring of given sequences
+    jax.jit(score_fn, compiler_options=long_sequence_options())  # faster long-sequence scoring on CPU
     Sampler(model, tokenizer).generate(prompts, SamplingParams(...))
     ScoreModel(backbone, num_outputs, rngs=...)               # scalar heads read at chosen positions
 """
@@ -18,10 +19,11 @@ from roro_jax.models.loading import (CheckpointError, from_pretrained, hf_state_
 from roro_jax.models.lora import add_lora, merge_lora
 from roro_jax.models.sampler import Completion, Sampler, SamplingParams, generate
 from roro_jax.models.score import ScoreModel, last_token_positions, token_logprobs
+from roro_jax.models.xla_cpu import long_sequence_options
 
 __all__ = [
     "CheckpointError", "Completion", "Decoder", "DecoderConfig", "KVCache", "Sampler", "SamplingParams",
     "ScoreModel", "UnsupportedModelError", "abstract_model", "add_lora", "from_pretrained", "generate",
-    "hf_state_dict", "init_model", "last_token_positions", "load_tokenizer", "merge_lora", "param_count",
-    "read_config", "save_pretrained", "token_logprobs",
+    "hf_state_dict", "init_model", "last_token_positions", "load_tokenizer", "long_sequence_options", "merge_lora",
+    "param_count", "read_config", "save_pretrained", "token_logprobs",
 ]

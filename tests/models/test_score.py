@@ -37,6 +37,27 @@ def test_token_logprobs_match_torch(hf_folder):
                                atol=1e-5)
 
 
+def test_long_sequence_options_compile_the_same_scores(hf_folder, monkeypatch):
+    from roro_jax.models import xla_cpu
+
+    model, _ = from_pretrained(hf_folder("llama")[0])
+    opts = xla_cpu.long_sequence_options()
+    assert opts == {"xla_cpu_experimental_ynn_fusion_type": ""}  # the tests run on the CPU backend
+    ids, mask = padded_batch(np.random.RandomState(2), model.config.vocab_size, [40, 17, 33], "right")
+    graphdef, state = nnx.split(model)
+    fn = lambda st, i, m: token_logprobs(nnx.merge(graphdef, st), i, m)  # noqa: E731
+    tuned = jax.jit(fn, compiler_options=opts)(state, jnp.asarray(ids), jnp.asarray(mask))
+    default = jax.jit(fn)(state, jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(tuned), np.asarray(default), atol=1e-5)
+    # an XLA that does not know the option: XLA's defaults instead of a compile error
+    monkeypatch.setattr(xla_cpu, "_LONG_SEQUENCE", {"xla_cpu_no_such_option_for_this_test": ""})
+    xla_cpu.long_sequence_options.cache_clear()
+    try:
+        assert xla_cpu.long_sequence_options() is None
+    finally:
+        xla_cpu.long_sequence_options.cache_clear()
+
+
 def test_last_token_positions():
     mask = jnp.array([[0, 0, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]])
     np.testing.assert_array_equal(last_token_positions(mask), [[3], [2], [0]])
