@@ -180,7 +180,7 @@ async def bench(args) -> dict:
     if args.engine == "flax":  # compile every shape a timed run can meet (batch composition varies by timing)
         from roro_jax.rollout import warm_features
 
-        warm_features(cfg, args.max_batch)
+        warm_features(cfg)
         longest = max(len(p) for p in prompts_s + prompts_l) + args.max_steps * args.step_tokens
         lengths, L = [], args.min_prompt_bucket
         while L < 2 * longest:

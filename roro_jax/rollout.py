@@ -472,9 +472,9 @@ def rollout_sync(*args, **kwargs) -> list[Trajectory]:
     raise RuntimeError("rollout_sync() called from a running event loop; use `await rollout(...)`")
 
 
-def warm_features(cfg: RolloutConfig, max_rows: int = 256) -> None:
-    """Compile the decision batcher's feature function (one shape: blocks of ``_Decider.ROW_BLOCK`` rows),
-    so no compile lands inside a timed run. ``max_rows`` is kept for callers; one block compiles all."""
+def warm_features(cfg: RolloutConfig) -> None:
+    """Compile the decision batcher's feature function (one shape: blocks of ``_Decider.ROW_BLOCK`` rows,
+    whatever the batch size), so no compile lands inside a timed run."""
     dec = _Decider(_NoPolicy(), cfg, "logprob")
     row = _Row(StepResult([0], "", "stop", np.zeros(1, np.float32), np.zeros((1, cfg.logprobs), np.float32)),
                0, 0, 0, np.zeros(0), "q", 0, 0)
