@@ -129,23 +129,6 @@ def _candidate_threshold(scaled: jax.Array, cand: jax.Array, top_k: jax.Array, t
     return threshold, ~(beyond | no_filter)
 
 
-def _filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array, candidates: int = CANDIDATES
-                   ) -> jax.Array:
-    """Mask (to -inf) everything outside each row's top-k, then outside its top-p nucleus.
-
-    Works on the ``candidates`` largest logits (``lax.top_k``; a full sort of a 50k vocabulary costs
-    ~150 ms per step on CPU). Rows whose nucleus or top-k reaches beyond the candidates (very flat
-    distributions) make the whole batch take the exact full-sort path instead, so the result is always
-    that of :func:`_filter_sorted`.
-    """
-    cand, _ = jax.lax.top_k(scaled, min(candidates, scaled.shape[-1]))
-    threshold, fits = _candidate_threshold(scaled, cand, top_k, top_p)
-    no_filter = (top_k == 0) & (top_p >= 1.0)
-    return jax.lax.cond(jnp.all(fits | no_filter),
-                        lambda s, k_, p_: jnp.where(s >= threshold[:, None], s, -jnp.inf),
-                        _filter_sorted, scaled, top_k, top_p)
-
-
 def _gumbel(key_data: jax.Array, ids: jax.Array) -> jax.Array:
     """Gumbel noise [B, n] for token ``ids`` ([B, n] or [1, n]) under each row's key ``key_data`` [B, 2].
 

@@ -182,23 +182,25 @@ def test_text_prompts_and_bad_input(setup):
 
 
 @pytest.mark.parametrize("candidates", [16, 1000])
-def test_candidate_filter_equals_full_sort(candidates):
-    from roro_jax.models.sampler import _filter_logits, _filter_sorted
+def test_candidate_threshold_equals_full_sort(candidates):
+    """The threshold from the top candidates keeps exactly what a full sort keeps, for every row it calls
+    fitting; rows whose kept set is wider than the candidates (or with no filter) are called not fitting."""
+    from roro_jax.models.sampler import _candidate_threshold, _filter_sorted
 
     rng = np.random.RandomState(0)
-    scale = np.array([8.0, 8.0, 8.0, 0.05, 8.0, 8.0])[:, None]  # row 3 is nearly flat: nucleus > 16
-    logits = jnp.asarray(rng.randn(6, 1000) * scale, jnp.float32)
-    top_k = jnp.array([0, 5, 0, 0, 40, 1000])
-    top_p = jnp.array([0.9, 1.0, 0.3, 0.9, 0.8, 1.0])
-    got = jax.jit(_filter_logits, static_argnames="candidates")(logits, top_k, top_p, candidates=candidates)
-    want = jax.jit(_filter_sorted)(logits, top_k, top_p)
-    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
-    assert int(np.isfinite(want[1]).sum()) == 5 and bool(np.isfinite(want[5]).all())
-    # the peaked rows fit in 16 candidates on their own: same answer without the fallback
-    rows = jnp.array([0, 1, 2])
-    alone = jax.jit(_filter_logits, static_argnames="candidates")(logits[rows], top_k[rows], top_p[rows],
-                                                                   candidates=16)
-    np.testing.assert_array_equal(np.isfinite(alone), np.isfinite(want[rows]))
+    scale = np.array([8.0, 8.0, 8.0, 0.05, 8.0, 8.0, 8.0])[:, None]  # row 3 is nearly flat: nucleus > 16
+    logits = jnp.asarray(rng.randn(7, 1000) * scale, jnp.float32)
+    top_k = jnp.array([0, 5, 0, 0, 40, 1000, 0])
+    top_p = jnp.array([0.9, 1.0, 0.3, 0.9, 0.8, 1.0, 1.0])  # rows 5 and 6 keep everything
+    want = np.isfinite(np.asarray(jax.jit(_filter_sorted)(logits, top_k, top_p)))
+    cand = jax.lax.top_k(logits, candidates)[0]
+    threshold, fits = jax.jit(_candidate_threshold)(logits, cand, top_k, top_p)
+    fits = np.asarray(fits)
+    wide = candidates == 1000  # row 3's nucleus and row 4's top-40 need more than 16 candidates
+    assert fits[[0, 1, 2]].all() and not fits[[5, 6]].any() and fits[3] == wide and fits[4] == wide
+    got = np.asarray(logits) >= np.asarray(threshold)[:, None]
+    np.testing.assert_array_equal(got[fits], want[fits])
+    assert int(want[1].sum()) == 5 and bool(want[5].all()) and bool(want[6].all())
 
 
 def _rows(temperature, top_k, top_p, seeds):
