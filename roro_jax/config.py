@@ -23,12 +23,28 @@ from roro_jax.rubric.loop import RubricConfig
 from roro_jax.types import InputError
 
 
+def _toy_worlds():
+    from roro_jax.worlds.variants import WORLDS
+
+    return sorted(WORLDS)
+
+
 class ConfigError(InputError):
     """A config file or override is invalid; the message names the key (and where it was set)."""
 
 
 def _choice(default, *choices):
     return field(default=default, metadata={"choices": choices})
+
+
+def _registry_choices(f: dataclasses.Field):
+    """A field's allowed values: fixed ``choices``, or the names a ``registry`` holds at load time (so a
+    name registered by user code is accepted)."""
+    if "choices" in f.metadata:
+        return f.metadata["choices"]
+    if "registry" in f.metadata:
+        return tuple(f.metadata["registry"]())
+    return None
 
 
 @dataclass
@@ -117,6 +133,8 @@ class ReplayConfig:
 class ToyWorldConfig:
     """The embedded toy world: the shipped toy models (``roro_jax/assets/toy``) on toy arithmetic."""
 
+    # which toy world (roro_jax.worlds.variants): control (the shipped easy pair) | lucky | sparse
+    variant: str = field(default="control", metadata={"registry": lambda: _toy_worlds()})
     train_problems: int = 512  # pool of training problems (train split)
     test_problems: int = 200  # held-out problems (test split) for evaluation
     explore_problems: int = 96  # problems routed by the exploratory policies (stage 1: pairs)
@@ -226,7 +244,7 @@ def _check_choices(obj: Any, layers, prefix: str = "") -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
-        choices = f.metadata.get("choices")
+        choices = _registry_choices(f)
         if choices and value not in choices:
             raise ConfigError(f"config key '{key}' ({_where(key, layers)}): {value!r} is not one of {list(choices)}")
         _check_choices(value, layers, key + ".")
