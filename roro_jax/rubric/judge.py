@@ -48,6 +48,10 @@ class JudgeConfig:
     use_rubric: bool = True
     bt_scale: float = 8.0
     lr: float = 1e-3
+    # cosine decay of the learning rate to lr_final_frac·lr over decay_steps optimiser steps (0 = constant lr);
+    # (set it to the Judge steps of the whole rubric stage, rounds × steps, to decay once over the loop)
+    decay_steps: int = 0
+    lr_final_frac: float = 0.1
     max_grad_norm: float = 1.0
     batch_pairs: int = 16
     steps: int = 80  # optimiser steps per Judge phase
@@ -171,7 +175,9 @@ def split_judge(model: ScoreModel, cfg: JudgeConfig):
 
 def make_optimizer(cfg: JudgeConfig) -> optax.GradientTransformation:
     chain = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm else []
-    return optax.chain(*chain, optax.adam(cfg.lr))
+    lr = optax.cosine_decay_schedule(cfg.lr, cfg.decay_steps, alpha=cfg.lr_final_frac) if cfg.decay_steps > 0 \
+        else cfg.lr
+    return optax.chain(*chain, optax.adam(lr))
 
 
 def make_judge_update(graphdef, tx, scale: float, *, mode: str = "single", mesh: Mesh | None = None,

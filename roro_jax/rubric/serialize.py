@@ -12,12 +12,17 @@ Two styles, chosen by name from :data:`STYLES` (add one with :func:`register_sty
   Header: steps, escalations, large-model tokens, small-model tokens, and the PRM score (decile) of the
   last written step (the step holding the final answer).
 * ``reasoning`` (the Judge reads the reasoning; any LM): one line per step with who wrote it, the small
-  model's confidence decile and the step's text; an escalated step also shows the small model's discarded
-  proposal, so a Judge can see whether an escalation replaced a wrong step or a right one::
+  model's confidence as a two-digit code and the step's text; an escalated step also shows the small
+  model's discarded proposal, so a Judge can see whether an escalation replaced a wrong step or a right
+  one::
 
-      s9 5 - 3 = 2
-      L3 2 + 7 = 9 | s: 2 + 7 = 8
-      s9 Answer: 9
+      s24 5 - 3 = 2
+      L03 2 + 7 = 9 | s: 2 + 7 = 8
+      s30 Answer: 9
+
+  The code is ``round(-10·log10(1 − c))`` clipped to 0..99 (``--`` if unknown): small models' confidences
+  crowd near 1 (the toy SRM's median is 0.996), where deciles are all 9 and cannot rank steps; this code
+  keeps them apart (0.5 → 03, 0.9 → 10, 0.99 → 20, 0.996 → 24).
 
   (step texts are whitespace-collapsed and cut to ``step_text_chars`` characters when that is > 0).
 * ``verbose`` (real LMs): one line per step::
@@ -37,6 +42,7 @@ The query is collapsed to single spaces and cut to ``query_chars`` characters (`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -91,10 +97,18 @@ def _step_text(text: str | None, limit: int) -> str:
     return t if limit <= 0 or len(t) <= limit else t[:limit] + "..."
 
 
+def confidence_code(x: float | None) -> str:
+    """Two digits, ``round(-10·log10(1 − x))`` clipped to 0..99; ``--`` if unknown (see ``reasoning``)."""
+    if x is None or x != x:
+        return "--"
+    u = -10.0 * math.log10(max(1.0 - float(x), 1e-10))
+    return f"{min(99, max(0, int(round(u)))):02d}"
+
+
 def _reasoning_step(traj: Trajectory, t: int, cfg: SerializeConfig) -> str:
     s = traj.steps[t]
     esc = s.model == LARGE or s.action == ESCALATE
-    line = ("L" if esc else "s") + _decile(s.confidence) + " " + _step_text(s.text, cfg.step_text_chars)
+    line = ("L" if esc else "s") + confidence_code(s.confidence) + " " + _step_text(s.text, cfg.step_text_chars)
     if esc and s.small_text is not None:
         line += " | s: " + _step_text(s.small_text, cfg.step_text_chars)
     return line + "\n"

@@ -48,6 +48,12 @@ def completion(token_ids, *, text=None, finish="stop", stop_reason="\n\n", k=3, 
             "usage": {"prompt_tokens": 1, "completion_tokens": L, "total_tokens": L + 1}}
 
 
+class _Server(ThreadingHTTPServer):
+    # the default backlog of 5 resets connections when a burst arrives on a loaded machine; behind the
+    # fault proxy such a reset is a 502 (bad gateway) and costs a retry that no injected fault explains
+    request_queue_size = 1024
+
+
 class FakeServer:
     """Scripted OpenAI-compatible server: ``script(n, body) -> (status, json_or_bytes, delay_s)``."""
 
@@ -86,7 +92,7 @@ class FakeServer:
                     with outer.lock:
                         outer.in_flight -= 1
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd = _Server(("127.0.0.1", 0), H)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

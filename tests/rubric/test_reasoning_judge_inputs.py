@@ -32,8 +32,16 @@ def test_reasoning_serialisation_holds_step_texts_writers_and_discarded_proposal
     out = serialize_trajectory(t, SerializeConfig(style="reasoning", max_chars=400))
     lines = out.splitlines()
     assert lines[0] == "n4 e1 L12 S48 f-"
-    assert lines[1:] == ["s9 a 5 + 5 = 10", "L3 b 10 + 6 = 16 | s: b 10 + 6 = 17", "s9 c 16 - 2 = 14",
-                         "s9 Answer: 14"]
+    assert lines[1:] == ["s13 a 5 + 5 = 10", "L02 b 10 + 6 = 16 | s: b 10 + 6 = 17", "s20 c 16 - 2 = 14",
+                         "s15 Answer: 14"]
+
+
+def test_confidence_code_orders_confident_steps():
+    from roro_jax.rubric.serialize import confidence_code
+
+    assert [confidence_code(c) for c in (0.5, 0.9, 0.99, 0.996, 1.0, None)] == ["03", "10", "20", "24", "99", "--"]
+    cs = [0.0, 0.3, 0.8, 0.95, 0.99, 0.999, 0.9999]
+    assert [confidence_code(c) for c in cs] == sorted(confidence_code(c) for c in cs)
 
 
 def test_judge_input_holds_the_problem_and_every_step_text():
