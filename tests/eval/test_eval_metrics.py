@@ -174,3 +174,15 @@ def test_batched_matches_single():
     # zero-gap rows: PGR-based metrics NaN, auc still defined
     m = M.curve_metrics_batched(c[:1], a[:1], np.array([0.5]), np.array([0.5]))
     assert np.isnan(m["cpt_50"][0]) and np.isnan(m["delta_ibc"][0]) and np.isfinite(m["auc"][0])
+
+
+def test_pgr_based_metrics_nan_when_the_lrm_is_below_the_srm():
+    """PGR recovers a positive SRM->LRM gap; with the LRM below the SRM the sign would flip and a point worse
+    than SRM-only (0.55 < 0.6) would reach every CPT target."""
+    assert np.isnan(M.pgr(0.55, 0.6, 0.5))
+    np.testing.assert_allclose(M.pgr([0.55, 0.7], [0.6, 0.5], [0.5, 0.9]), [np.nan, 0.5])
+    assert np.isnan(M.cpt([0.1, 0.5], [0.55, 0.58], 0.6, 0.5, 0.5))
+    assert np.isnan(M.delta_ibc(0.3, 0.55, 0.6, 0.5))
+    s = M.curve_summary([0.1, 0.5], [0.55, 0.58], 0.6, 0.5)
+    assert np.isnan(s["max_pgr"]) and np.isnan(s["cpt_50"]) and np.isnan(s["delta_ibc"])
+    assert np.isnan(s["pgr"]).all() and np.isfinite(s["auc"])
