@@ -106,6 +106,30 @@ def test_summary_pairs_methods_and_front():
     json.dumps(s, allow_nan=False)   # JSON-clean (NaN written as null)
 
 
+def test_paired_intervals_do_not_depend_on_the_problem_order_of_a_record():
+    """A method whose records list the problems in a shuffled order gets the same paired intervals as the
+    same records in the endpoints' order: the bootstrap pairs each problem with itself across methods."""
+    pts = _records()
+    ids = pts[0].problem_ids
+
+    def in_order(p):
+        if not p.has_arrays or p.problem_ids == ids:
+            return p
+        pos = {q: i for i, q in enumerate(p.problem_ids)}
+        idx = np.array([pos[q] for q in ids])
+        return CurvePoint.from_arrays(p.method, np.asarray(p.correct)[idx], np.asarray(p.large_tokens)[idx],
+                                      np.asarray(p.total_tokens)[idx], problem_ids=ids, param=p.param,
+                                      param_name=p.param_name, flops=p.flops)
+
+    ordered = [in_order(p) for p in pts]
+    assert any(p.problem_ids != ids for p in pts if p.has_arrays)  # the fixture does shuffle
+    shuffled_summary = summarize(pts, EvalConfig(n_boot=300))
+    ordered_summary = summarize(ordered, EvalConfig(n_boot=300))
+    thr_s, thr_o = shuffled_summary["methods"][0], ordered_summary["methods"][0]
+    assert thr_s["method"] == thr_o["method"] == "conf_thr"
+    assert json.dumps(thr_s, sort_keys=True) == json.dumps(thr_o, sort_keys=True)
+
+
 def test_summary_errors():
     pts = _records()
     with pytest.raises(ValueError, match="role='srm'"):
