@@ -128,12 +128,20 @@ def test_auc_dominated_duplicates_unsorted():
     assert M.auc([0.2, 0.4, 0.6], [0.6, 0.6, 0.8]) == pytest.approx(0.72)
 
 
-def test_auc_in_unit_range_and_at_least_best_straight_lines():
+def test_auc_equals_a_fine_grid_integral_of_the_front():
+    """Random curves: the AUC lies between the lowest and highest accuracy and equals a fine-grid trapezoid
+    integral of the front's curve (straight lines between front points, flat outside them); a dominated
+    point added anywhere leaves it unchanged."""
     rng = np.random.default_rng(1)
+    grid = np.linspace(0.0, 1.0, 200_001)
     for _ in range(20):
         c, a = rng.uniform(0, 1, 8), rng.uniform(0, 1, 8)
         v = M.auc(c, a)
         assert a.min() - 1e-12 <= v <= a.max() + 1e-12
+        f = M.pareto_front(c, a)
+        assert v == pytest.approx(np.trapezoid(np.interp(grid, c[f], a[f]), grid), abs=1e-6)
+        k = int(f[-1])  # the costliest front point dominates a point just costlier and less accurate
+        assert M.auc(np.append(c, min(1.0, c[k] + 0.01)), np.append(a, a[k] - 0.01)) == pytest.approx(v)
 
 
 def test_pareto_front_indices():
