@@ -91,3 +91,12 @@ def test_single_seed_and_the_command_line(runs, tmp_path, capsys):
     printed = main([str(r) for r in runs] + ["--test", "heldout", "--budget", "0.6", "--out", str(out)])
     assert out.read_text() == printed and printed in capsys.readouterr().out
     assert cells(printed, "A")[0] == fmt([0.90, 0.85, 0.90])  # the budget moves the best point
+
+
+def test_published_replay_tables_are_what_their_summaries_give():
+    """RESULTS.md and the README hold exactly the tables that ``pipelines.results_table`` prints over the
+    committed per-seed summaries (rerunning the command that wrote those summaries: ``make results-check``)."""
+    from pipelines.results_check import check_tables, stored_runs
+
+    assert all((r / "report" / "math500_heldout" / "summary.json").is_file() for r in stored_runs("replay"))
+    assert check_tables("replay") == []
