@@ -194,3 +194,14 @@ def test_pgr_based_metrics_nan_when_the_lrm_is_below_the_srm():
     s = M.curve_summary([0.1, 0.5], [0.55, 0.58], 0.6, 0.5)
     assert np.isnan(s["max_pgr"]) and np.isnan(s["cpt_50"]) and np.isnan(s["delta_ibc"])
     assert np.isnan(s["pgr"]).all() and np.isfinite(s["auc"])
+
+
+def test_error_messages_name_the_offending_values():
+    """Mutation-testing gaps: the messages list the bad costs and the positions of non-finite values, and x
+    above 1 is refused."""
+    with pytest.raises(ValueError, match=r"costs: large-model token share must lie in \[0, 1\], got \[-0.2, 1.5\]"):
+        M.auc([0.1, -0.2, 1.5], [0.5, 0.6, 0.7])
+    with pytest.raises(ValueError, match=r"accs: non-finite values at flat positions \[1, 3\]"):
+        M.auc([0.1, 0.2, 0.3, 0.4], [0.5, np.nan, 0.6, np.inf])
+    with pytest.raises(ValueError, match="x must be a fraction"):
+        M.cpt([0.1], [0.5], 0.4, 0.6, 1.5)

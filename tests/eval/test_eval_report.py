@@ -173,3 +173,29 @@ def test_write_report_markdown_and_png(tmp_path):
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 100                 # not blank
     tab_blue = np.array([31, 119, 180])                                      # first method's colour
     assert np.sum(np.all(np.abs(rgb - tab_blue) <= 3, axis=-1)) > 200
+
+
+def test_report_details_found_by_mutation_testing():
+    """The overall front (endpoints at shares 0 and 1), problem ids on one side only, number formatting,
+    the estimate banner, the n.r. wording and the AUC wording."""
+    from roro_jax.eval.metrics import pareto_front
+    from roro_jax.eval.report import _ci, _f, render_markdown
+
+    pts = _records()
+    s = summarize(pts, EvalConfig(n_boot=50))
+    srm, lrm = pts[0], pts[1]
+    others = pts[2:]
+    cost = [0.0, 1.0] + [p.large_share for p in others]
+    acc = [srm.accuracy, lrm.accuracy] + [p.accuracy for p in others]
+    assert s["front"] == [([srm, lrm] + others)[i].label for i in pareto_front(cost, acc)]
+    no_ids = CurvePoint.from_arrays("odd", pts[2].correct, pts[2].large_tokens, pts[2].total_tokens)
+    with pytest.raises(ValueError, match="problem_ids present on one of"):
+        summarize(pts + [no_ids], EvalConfig(n_boot=10))
+    assert (_f(None), _f(0.12345), _f(2.0, 1)) == ("—", "0.123", "2.0")
+    assert _ci(0.5, None, 0.7) == "0.500 [—, 0.700]" and _ci(0.5, 0.4, None) == "0.500 [0.400, —]"
+    md = render_markdown(s)
+    assert "more than 2.5% of replicates did not reach it" in md
+    assert "estimated, not graded" in md and "of the method's points together with the SRM-only" in md
+    graded = summarize([p for p in pts if not p.is_estimate], EvalConfig(n_boot=10, auc_with_endpoints=False))
+    md2 = render_markdown(graded)
+    assert "estimated, not graded" not in md2 and "extended flat to shares 0 and 1" in md2

@@ -171,3 +171,37 @@ def test_bradley_terry():
                                rtol=1e-6)
     g = jax.grad(lambda a: bradley_terry_loss(a, s2).sum())(s1)
     np.testing.assert_allclose(np.asarray(g), -1 / (1 + np.exp(np.asarray(s1 - s2))), rtol=1e-5)
+
+
+def test_bradley_terry_pair_weights_scale_each_pair():
+    s1, s2 = jnp.array([2.0, 0.0, -1.0]), jnp.array([0.0, 0.0, 1.0])
+    w = jnp.array([2.0, 0.5, 0.0])
+    np.testing.assert_allclose(np.asarray(bradley_terry_loss(s1, s2, w)),
+                               np.asarray(w) * np.log1p(np.exp(-(np.asarray(s1 - s2)))), rtol=1e-6)
+
+
+def test_log1mexp_is_accurate_next_to_zero():
+    """``log(1 - p)`` for p a hair below 1 (log p = -1e-6) in float32: 1 - exp(log p) loses every digit, the
+    expm1 branch keeps them (the exact Bernoulli KL and entropy rely on it)."""
+    from roro_jax.rl.losses import _log1mexp
+
+    for lp in (-1e-6, -1e-3, -0.5, -0.7, -3.0):
+        got = float(_log1mexp(jnp.float32(lp)))
+        assert got == pytest.approx(np.log(-np.expm1(lp)), rel=1e-5), lp
+
+
+def test_safe_div_gives_zero_for_an_empty_denominator():
+    from roro_jax.rl.losses import safe_div
+
+    np.testing.assert_allclose(np.asarray(safe_div(jnp.array([3.0, 1.0, 0.0]), jnp.array([0.0, 0.25, 0.0]))),
+                               [0.0, 4.0, 0.0])
+
+
+def test_entropy_bonus_only_when_asked():
+    logp, old, ref, adv, mask = random_inputs(3)
+    ent = np.random.default_rng(4).uniform(0.1, 0.7, logp.shape).astype(np.float32)
+    base, _ = policy_loss(logp, old, adv, mask)
+    with_ent, _ = policy_loss(logp, old, adv, mask, entropy=ent)  # no entropy_coef: recorded, no bonus
+    assert float(with_ent) == pytest.approx(float(base), abs=1e-7)
+    bonus, _ = policy_loss(logp, old, adv, mask, entropy=ent, entropy_coef=0.1)
+    assert float(bonus) == pytest.approx(np_policy_loss(logp, old, adv, mask, ent=ent, ent_coef=0.1), rel=1e-5)

@@ -409,3 +409,18 @@ def test_grader_agrees_with_recorded_labels(shared_data):
         print(f"\ngrader vs recorded labels ({who} model): {rate:.1%} agree; disagreements "
               f"(answer, gold, recorded label): {dis}")
         assert rate >= 0.95
+
+
+def test_prm_gate_threshold_is_inclusive_and_defaults_to_a_half(world):
+    """Two mixed routes of e0 (the large model, right, writes the last step): s0 (0.9) l1 (0.9) l2 (0.99)
+    and s0 (0.9) s1 (0.2) l2 (0.99). Right iff the lowest written PRM score reaches the threshold, which
+    is inclusive and defaults to 0.5."""
+    acts, idx = np.array([[0, 1, 1, 0], [0, 0, 1, 0]]), [0, 0]
+
+    def correct(**kw):
+        return ReplayWorld(world.episodes, outcome_rule="prm_gate", **kw).route(acts, idx).correct.tolist()
+
+    assert correct() == [True, False]
+    assert correct(prm_threshold=0.9) == [True, False]  # 0.9 meets 0.9
+    assert correct(prm_threshold=0.2) == [True, True]
+    assert correct(prm_threshold=0.95) == [False, False]
