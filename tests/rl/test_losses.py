@@ -205,3 +205,19 @@ def test_entropy_bonus_only_when_asked():
     assert float(with_ent) == pytest.approx(float(base), abs=1e-7)
     bonus, _ = policy_loss(logp, old, adv, mask, entropy=ent, entropy_coef=0.1)
     assert float(bonus) == pytest.approx(np_policy_loss(logp, old, adv, mask, ent=ent, ent_coef=0.1), rel=1e-5)
+
+
+def test_logged_kl_to_the_old_policy_and_defaults_without_extras():
+    """``approx_kl_old`` is the token mean of (log r)^2 / 2; ``policy_loss_terms`` adds no KL unless ``beta``
+    is given; ``log(1 - p)`` stays finite at log p = 0 (clamped below 0)."""
+    from roro_jax.rl.losses import _log1mexp, finalize_terms
+
+    logp, old, ref, adv, mask = random_inputs(5)
+    _, metrics = policy_loss(logp, old, adv, mask)
+    m = mask.astype(np.float64)
+    want = np.sum(0.5 * (logp.astype(np.float64) - old) ** 2 * m) / m.sum()
+    assert float(metrics["approx_kl_old"]) == pytest.approx(want, rel=1e-5)
+    with_ref, _ = finalize_terms(policy_loss_terms(logp, old, adv, mask, ref_logp=ref))
+    without, _ = finalize_terms(policy_loss_terms(logp, old, adv, mask))
+    assert float(with_ref) == pytest.approx(float(without), abs=1e-7)
+    assert np.isfinite(float(_log1mexp(jnp.float32(0.0))))
