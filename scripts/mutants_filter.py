@@ -91,12 +91,15 @@ def prune(session: str, module: str, lines: str | None, sample: int, seed: int) 
             elif not lo <= m.start_pos[0] <= hi:
                 skip["outside lines"].append(item.job_id)
             else:
-                keep.append(item.job_id)
+                keep.append((tuple(m.start_pos), tuple(m.end_pos), m.operator_name, m.occurrence,
+                             json.dumps(m.operator_args, sort_keys=True, default=str), item.job_id))
+        keep.sort()  # by site and operator, not by job id (a new random UUID at every init): same sample each run
         if sample and len(keep) > sample:
             rng = random.Random(seed)
-            chosen = set(rng.sample(sorted(keep), sample))
-            skip["not sampled"] = [j for j in keep if j not in chosen]
-            keep = sorted(chosen)
+            chosen = set(rng.sample(range(len(keep)), sample))
+            skip["not sampled"] = [k[-1] for i, k in enumerate(keep) if i not in chosen]
+            keep = [k for i, k in enumerate(keep) if i in chosen]
+        keep = [k[-1] for k in keep]
         for why, ids in skip.items():
             if ids:
                 db.set_multiple_results(ids, WorkResult(output=f"skipped by mutants_filter: {why}",

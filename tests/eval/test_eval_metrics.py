@@ -205,3 +205,8 @@ def test_error_messages_name_the_offending_values():
         M.auc([0.1, 0.2, 0.3, 0.4], [0.5, np.nan, 0.6, np.inf])
     with pytest.raises(ValueError, match="x must be a fraction"):
         M.cpt([0.1], [0.5], 0.4, 0.6, 1.5)
+
+
+def test_curve_delta_ibc_of_a_single_costly_point():
+    s = M.curve_summary([0.0, 0.25], [0.5, 0.7], 0.5, 0.9)  # one point with share > 0: its own ΔIBC
+    assert s["delta_ibc"] == pytest.approx(((0.7 - 0.5) / 0.25 - 0.4) / 0.4)

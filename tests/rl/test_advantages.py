@@ -108,3 +108,11 @@ def test_eps_is_added_to_the_std_and_group_size_one_is_allowed():
     for bad in (2.0, True):
         with pytest.raises(ValueError, match="positive integer"):
             group_advantages(r, bad)
+
+
+def test_a_single_reward_is_one_group_of_one():
+    import numpy as np
+
+    from roro_jax.rl.advantages import group_advantages
+
+    np.testing.assert_array_equal(np.asarray(group_advantages(np.array([0.7], np.float32), 1)), [0.0])

@@ -221,3 +221,24 @@ def test_logged_kl_to_the_old_policy_and_defaults_without_extras():
     without, _ = finalize_terms(policy_loss_terms(logp, old, adv, mask))
     assert float(with_ref) == pytest.approx(float(without), abs=1e-7)
     assert np.isfinite(float(_log1mexp(jnp.float32(0.0))))
+
+
+def test_defaults_metrics_and_one_token_rows():
+    """More mutation-testing gaps: ``policy_loss`` adds no KL without ``beta``; ``policy_loss_terms`` clips at
+    0.2 by default like ``policy_loss``; the logged entropy is the token mean of the given entropies; a
+    row with one valid token counts in full in ``seq-mean-token-mean``."""
+    from roro_jax.rl.losses import finalize_terms
+
+    logp, old, ref, adv, mask = random_inputs(6)
+    ent = np.random.default_rng(7).uniform(0.1, 0.7, logp.shape).astype(np.float32)
+    plain, _ = policy_loss(logp, old, adv, mask)
+    with_ref, metrics = policy_loss(logp, old, adv, mask, ref_logp=ref, entropy=ent)
+    assert float(with_ref) == pytest.approx(float(plain), abs=1e-7)
+    m = mask.astype(np.float64)
+    assert float(metrics["entropy"]) == pytest.approx(np.sum(ent * m) / m.sum(), rel=1e-5)
+    direct, _ = finalize_terms(policy_loss_terms(logp, old, adv, mask))
+    assert float(direct) == pytest.approx(float(plain), abs=1e-7)
+    one = np.zeros_like(mask)
+    one[:, 0] = 1.0  # one valid token per row
+    got, _ = policy_loss(logp, old, adv, one, agg="seq-mean-token-mean")
+    assert float(got) == pytest.approx(np_policy_loss(logp, old, adv, one, agg="seq-mean-token-mean"), rel=1e-5)
