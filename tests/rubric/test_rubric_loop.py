@@ -188,3 +188,13 @@ def test_rejected_rubricor_phase_leaves_rubricor_judge_and_book_bit_identical():
     # the control: kept, the phase changed the Rubricor's state and pruned the book
     assert leaves_bytes(kept["rubricor"].state) != leaves_bytes(before["rubricor"].state)
     assert book_state(kept) != book_state(before) and kept["gate"][1]["pruned"]
+
+
+def test_accuracy_report_per_kind_and_macro():
+    from roro_jax.rubric.loop import accuracy_report
+
+    pairs = [PreferencePair("q", "a", "b", k) for k in ("outcome", "outcome", "process", "cost", "cost", "cost")]
+    rep = accuracy_report(np.array([True, False, True, True, True, False]), pairs)
+    assert rep["acc"] == pytest.approx(4 / 6) and rep["n"] == 6
+    assert (rep["acc_outcome"], rep["n_outcome"]) == (0.5, 2) and (rep["acc_process"], rep["n_process"]) == (1.0, 1)
+    assert rep["acc_cost"] == pytest.approx(2 / 3) and rep["acc_macro"] == pytest.approx((0.5 + 1.0 + 2 / 3) / 3)
