@@ -176,6 +176,7 @@ def test_rejected_rubricor_phase_leaves_rubricor_judge_and_book_bit_identical():
     rejected = run_alternating(cfg, data, log=quiet)
     kept = run_alternating(dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, enabled=False)), data, log=quiet)
     assert [g["accept"] for g in rejected["gate"]] == [False, False]
+    assert [(r["phase"], r["round"]) for r in rejected["phases"]] == [("init", 0), ("judge", 1), ("rubricor", 1)]
     assert [g["phase"] for g in rejected["gate"]] == ["judge", "rubricor"]
 
     def book_state(res):
