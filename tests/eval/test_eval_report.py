@@ -194,8 +194,16 @@ def test_report_details_found_by_mutation_testing():
     assert (_f(None), _f(0.12345), _f(2.0, 1)) == ("—", "0.123", "2.0")
     assert _ci(0.5, None, 0.7) == "0.500 [—, 0.700]" and _ci(0.5, 0.4, None) == "0.500 [0.400, —]"
     md = render_markdown(s)
-    marked = sum(ln.rstrip().endswith("| ◆ |") for ln in md.splitlines())  # one marker per front point
-    assert marked == sum(p["on_front"] for m in s["methods"] for p in m["points"]) > 0
+    for m in s["methods"]:  # the front marker sits exactly on the rows of the points on the overall front
+        section = md.split(f"\n## {m['method']}")[1].split("\n## ")[0]
+        for p in m["points"]:
+            (row,) = [ln for ln in section.splitlines() if ln.startswith(f"| {p['param']} |")]
+            assert row.rstrip().endswith("| ◆ |") == p["on_front"], row
+    assert any(p["on_front"] for m in s["methods"] for p in m["points"])
+    positional = [CurvePoint.from_arrays(p.method, p.correct, p.large_tokens, p.total_tokens, role=p.role,
+                                         param=p.param, param_name=p.param_name)
+                  for p in (pts[0], pts[1], pts[-2])]  # no problem ids anywhere: aligned by position
+    assert summarize(positional, EvalConfig(n_boot=10))["methods"][0]["has_ci"]
     assert "more than 2.5% of replicates did not reach it" in md
     assert "estimated, not graded" in md and "of the method's points together with the SRM-only" in md
     graded = summarize([p for p in pts if not p.is_estimate], EvalConfig(n_boot=10, auc_with_endpoints=False))

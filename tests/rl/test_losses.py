@@ -236,6 +236,8 @@ def test_defaults_metrics_and_one_token_rows():
     assert float(with_ref) == pytest.approx(float(plain), abs=1e-7)
     m = mask.astype(np.float64)
     assert float(metrics["entropy"]) == pytest.approx(np.sum(ent * m) / m.sum(), rel=1e-5)
+    lr = ref.astype(np.float64) - logp
+    assert float(metrics["kl"]) == pytest.approx(np.sum((np.exp(lr) - lr - 1) * m) / m.sum(), rel=1e-4)
     direct, _ = finalize_terms(policy_loss_terms(logp, old, adv, mask))
     assert float(direct) == pytest.approx(float(plain), abs=1e-7)
     one = np.zeros_like(mask)

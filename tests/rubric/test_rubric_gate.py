@@ -138,6 +138,9 @@ def test_gate_edges_found_by_mutation_testing(tmp_path):
     for alpha in (0.0, 1.0):
         with pytest.raises(ValueError, match="alpha"):
             mcnemar_gate([True], [False], alpha)
+    old, new = np.zeros(10, bool), np.zeros(10, bool)
+    new[:5] = True  # p = 0.5**5 exactly: kept only below it
+    assert not mcnemar_gate(old, new, 0.03125).accept and mcnemar_gate(old, new, 0.0313).accept
     st = criterion_stats([("tie", 0.5, 0.5)] * 4, [("tie", 0.5)] * 8)
     assert st["tie"]["acc"] == 0.5
     recs = [("chance", 0.9, 0.1), ("chance", 0.1, 0.9)] * 10  # acc exactly 0.5, std > 0: pruned
