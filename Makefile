@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 CONFIG ?= configs/demo.yaml
 
-.PHONY: demo demo-quick test test-integration bench clean
+.PHONY: demo demo-quick test test-integration bench mutants results-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,18 @@ test-integration: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/roro bench router-step
+
+# Do the published replay tables match their commands? Checks RESULTS.md/README against the committed
+# per-seed summaries (instant), then reruns the command for SEEDS (seed 0 alone: about 8 minutes on 2 cores).
+SEEDS ?= 0
+results-check: $(VENV)/.installed
+	$(BIN)/python -m pipelines.results_check --seeds $(SEEDS)
+
+# Mutation testing of the core modules (cosmic-ray in .venv-mutants; score and survivors: benchmarks/RESULTS.md).
+# SAMPLE=N runs a seeded N mutants per module (0: all); MODULES="rl/losses ..." narrows it.
+SAMPLE ?= 40
+mutants: $(VENV)/.installed-dev
+	PY=$(abspath $(BIN))/python SAMPLE=$(SAMPLE) $(if $(MODULES),MODULES="$(MODULES)") bash scripts/mutants.sh
 
 clean:
 	rm -rf $(VENV) runs

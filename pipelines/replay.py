@@ -14,14 +14,16 @@ Routers are trained over the ``sweep.lambda_c`` sweep with ``reward = 1[correct]
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from roro_jax.config import ConfigError
 from roro_jax.eval.records import CurvePoint
 from roro_jax.eval.report import write_report
 from roro_jax.rl.trainer import RouterLearner, run_training, score_trajectories
-from roro_jax.worlds.replay import ReplayWorld
+from roro_jax.worlds.replay import EpisodeWarning, ReplayWorld
 
 # parameter counts for FLOPs (Qwen3-1.7B / Qwen3-14B, non-embedding counts are close to these)
 SMALL_PARAMS, LARGE_PARAMS = 1.7e9, 14.8e9
@@ -33,8 +35,49 @@ def split_indices(n: int, train_frac: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[:k]), np.sort(perm[k:])
 
 
-def make_world(cfg, episodes=None) -> ReplayWorld:
-    return ReplayWorld(episodes if episodes is not None else cfg.replay.episodes, outcome_rule=cfg.replay.outcome_rule)
+def make_world(cfg, episodes=None, *, key: str = "replay.episodes") -> ReplayWorld:
+    """The world of ``episodes`` (default ``cfg.replay.episodes``). A missing file or an unknown outcome rule is
+    a :class:`~roro_jax.config.ConfigError` naming the config key; a malformed file an ``EpisodeFormatError``
+    naming ``file:line``."""
+    source = episodes if episodes is not None else cfg.replay.episodes
+    try:
+        return ReplayWorld(source, outcome_rule=cfg.replay.outcome_rule)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config key '{key}': {e}") from None
+    except KeyError as e:  # an outcome rule that is not registered
+        raise ConfigError(f"config key 'replay.outcome_rule': {e.args[0]}") from None
+
+
+def report_name(entry: str) -> str:
+    """The report name of a ``replay.extra_test`` entry: its file name without ``.jsonl``."""
+    return Path(str(entry)).stem
+
+
+def load_test_sets(cfg, world: ReplayWorld, train_idx: np.ndarray, test_idx: np.ndarray
+                   ) -> dict[str, tuple[ReplayWorld, np.ndarray]]:
+    """Every test set, loaded and checked before anything trains: the held-out MATH-500 split and each
+    ``replay.extra_test`` entry. Two entries with one report name are an error (their reports would
+    overwrite each other); an extra set that shares problem ids or query texts with the training split is
+    loaded with an :class:`~roro_jax.worlds.replay.EpisodeWarning` (its results are not held out)."""
+    sets = {"math500_heldout": (world, test_idx)}
+    entries: dict[str, str] = {}
+    train_ids = {world.ids[i] for i in train_idx}
+    train_queries = {world.episodes[i].query for i in train_idx}
+    for i, entry in enumerate(cfg.replay.extra_test):
+        key = f"replay.extra_test[{i}]"
+        name = report_name(entry)
+        if name in sets:
+            first = f"replay.extra_test entry {entries[name]!r}" if name in entries else "the held-out split"
+            raise ConfigError(f"config key '{key}': {str(entry)!r} would be reported as {name!r}, like {first}; "
+                              "each test set needs its own file name")
+        w = make_world(cfg, entry, key=key)
+        shared = [e.id for e in w.episodes if e.id in train_ids or e.query in train_queries]
+        if shared:
+            warnings.warn(f"{key} ({str(entry)!r}): {len(shared)} of {len(w)} episodes share a problem id or query "
+                          f"with the training split (e.g. {shared[0]!r}); their results are not held out",
+                          EpisodeWarning, stacklevel=2)
+        sets[name], entries[name] = (w, np.arange(len(w))), str(entry)
+    return sets
 
 
 def sample_actions(learner: RouterLearner, params, world: ReplayWorld, idx: np.ndarray, rng: np.random.Generator,
@@ -153,6 +196,7 @@ def run_replay(cfg, *, progress: bool = True) -> dict:
     out = Path(cfg.out_dir)
     world = make_world(cfg)
     train_idx, test_idx = split_indices(len(world), cfg.replay.train_frac, cfg.replay.split_seed)
+    test_sets = load_test_sets(cfg, world, train_idx, test_idx)  # every input checked before training
     gmm = fit_steer(world, train_idx)
     lam_p = float(dict(cfg.reward.weights).get("process", 0.0))
     process_fn = rubric_process_fn(cfg, world, train_idx, out / "rubric") if lam_p else None
@@ -165,10 +209,6 @@ def run_replay(cfg, *, progress: bool = True) -> dict:
                 reward=dataclasses.replace(cfg.reward, weights={**cfg.reward.weights, "cost": lam, "process": wp}))
             learners[(method, lam)], _ = train_router_replay(run_cfg, world, progress=progress,
                                                              process_fn=process_fn if wp else None)
-    test_sets = {"math500_heldout": (world, test_idx)}
-    for name in cfg.replay.extra_test:
-        w = make_world(cfg, name)
-        test_sets[Path(name).stem] = (w, np.arange(len(w)))
     results = {}
     for name, (w, idx) in test_sets.items():
         pts = baseline_points(w, idx, cfg, gmm)

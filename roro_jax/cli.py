@@ -20,6 +20,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from roro_jax.config import ConfigError, load_config, to_yaml
@@ -192,10 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     or the key, with exit status 2 (as argparse does for bad arguments); no traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.fn(args)
     except (InputError, FileNotFoundError, IsADirectoryError) as e:
         print("roro: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one ``roro: warning: Category: message`` line (the message names the file or key)."""
+    print(f"roro: warning: {category.__name__}: " + " ".join(str(message).splitlines()), file=file or sys.stderr)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from roro_jax.rubric.format import parse_rubric
 from roro_jax.rubric.serialize import SerializeConfig, serialize_trajectory
 from roro_jax.store import StoreCorruptError, TrajectoryStore
 from roro_jax.types import InputError, RecordError, Step, Trajectory, pad_trajectories
+from roro_jax.worlds.replay import EpisodeFormatError, EpisodeWarning, load_episodes
 
 BAD = Path(__file__).parent / "data" / "bad"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -235,6 +236,38 @@ CASES: dict[str, tuple[Callable[[Path], Any], Raises | Handled]] = {
 }
 
 
+# ------------------------------------------------------------------------------ replay episodes (episodes)
+def load_episode_file(p: Path):
+    return load_episodes(p)
+
+
+def _episodes_bom(eps, warns, tmp):
+    assert [e.id for e in eps] == ["syn_00000", "syn_00001", "syn_00002"]
+    assert not [w for w in warns if issubclass(w.category, EpisodeWarning)]
+
+
+def _episodes_totals_off(eps, warns, tmp):
+    assert len(eps) == 3
+    (w,) = [w for w in warns if issubclass(w.category, EpisodeWarning)]
+    msg = str(w.message)
+    assert "episodes_token_totals_off.jsonl: in 1 of 3 episodes" in msg
+    assert "line 2 (id 'syn_00001'): sum of srm_token_counts 66 vs srm_total_tokens 106" in msg
+
+
+E, EP = EpisodeFormatError, load_episode_file
+EPISODE_CASES: dict[str, tuple[Callable[[Path], Any], Raises | Handled]] = {
+    "episodes_bad_prm_score.jsonl": (EP, Raises(E, ("srm_prm_scores[3] = None is not a score in [0, 1]",), line=2)),
+    "episodes_length_mismatch.jsonl": (EP, Raises(E, ("lrm_steps, lrm_prm_scores and lrm_token_counts",), line=2)),
+    "episodes_malformed_json.jsonl": (EP, Raises(E, ("malformed JSON",), line=2)),
+    "episodes_bad_total.jsonl": (EP, Raises(E, ("srm_total_tokens = 'many' is not a token count",), line=2)),
+    "episodes_missing_field.jsonl": (EP, Raises(E, ("missing field(s) ['lrm_correct']",), line=2)),
+    "episodes_invalid_utf8.jsonl": (EP, Raises(E, ("not valid UTF-8", "0xff"), line=2)),
+    "episodes_bom.jsonl": (EP, Handled(_episodes_bom)),
+    "episodes_token_totals_off.jsonl": (EP, Handled(_episodes_totals_off)),
+}
+CASES.update(EPISODE_CASES)
+
+
 def case_path(name: str, tmp_path: Path) -> Path:
     if name in GENERATED:
         GENERATED[name](tmp_path / name)
@@ -334,3 +367,47 @@ def test_cli_in_process_bad_input_exits_2_with_one_line(argv, says, tmp_path, ca
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("roro:")]
     assert len(lines) == 1 and lines[0].startswith("roro: error: ") and says in lines[0], err
+
+
+# ------------------------------------------------------------------------------ CLI: the replay world's inputs
+REPLAY_SMALL = ["train.updates=1", "sweep.lambda_c=[0.1]", "reward.weights.process=0", "eval.n_boot=10"]
+
+
+def test_cli_subprocess_bad_episode_file_one_line_exit_2(tmp_path):
+    """A malformed episode row (``EpisodeFormatError``) is one ``roro: error:`` line and status 2, not a
+    traceback with status 1."""
+    out = subprocess.run([sys.executable, "-m", "roro_jax.cli", "eval", "-c", "configs/replay_math500.yaml",
+                          f"replay.episodes={BAD / 'episodes_bad_prm_score.jsonl'}", f"out_dir={tmp_path}",
+                          *REPLAY_SMALL], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("roro:")]
+    assert errors == [f"roro: error: {BAD / 'episodes_bad_prm_score.jsonl'}:2: srm_prm_scores[3] = None is not a "
+                      "score in [0, 1]"], out.stderr
+
+
+@pytest.mark.parametrize("overrides,says", [
+    ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}", "replay.extra_test=[/no/such/dir/aime.jsonl]"],
+     "config key 'replay.extra_test[0]': episode file or folder '/no/such/dir/aime.jsonl' does not exist"),
+    (["replay.episodes=/no/such/dir/math.jsonl", "replay.extra_test=[]"],
+     "config key 'replay.episodes': episode file or folder '/no/such/dir/math.jsonl' does not exist"),
+    ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}", "replay.outcome_rule=oracle"],
+     "config key 'replay.outcome_rule': unknown outcome rule 'oracle'"),
+    ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}", f"replay.extra_test=[{BAD / 'episodes_invalid_utf8.jsonl'}]"],
+     "episodes_invalid_utf8.jsonl:2: not valid UTF-8"),
+    ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}",
+      f"replay.extra_test=[{BAD / 'episodes_bom.jsonl'},{BAD / 'episodes_bom.jsonl'}]"],
+     "config key 'replay.extra_test[1]'"),
+])
+def test_cli_replay_inputs_checked_before_training(overrides, says, tmp_path, capsys):
+    """Every replay input (episodes, each extra test set, the outcome rule) is checked before any router
+    trains: one ``roro: error:`` line naming the key or ``file:line``, status 2, and nothing trained."""
+    argv = ["eval", "-c", str(REPO_ROOT / "configs/replay_math500.yaml"), f"out_dir={tmp_path}", *REPLAY_SMALL,
+            *overrides]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EpisodeWarning)  # the same file twice shares its ids with training
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("roro:")]
+    assert len(lines) == 1 and lines[0].startswith("roro: error: ") and says in lines[0], err
+    assert not list(tmp_path.glob("router_lc*")), "a router trained before the inputs were checked"

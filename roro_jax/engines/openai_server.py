@@ -22,7 +22,8 @@ server's message. A 200 answer that is valid JSON but lacks the token ids or log
 omits them is misconfigured, e.g. not vLLM).
 
 Every finished request's end-to-end latency (all attempts and backoff included) is kept (the last
-100,000) for :meth:`OpenAIServerEngine.latency_stats`.
+100,000) for :meth:`OpenAIServerEngine.latency_stats`, and every backoff delay slept before a retry (the
+last 100,000, in order) in ``backoff_delays``.
 
 Finish reasons (vLLM reports ``finish_reason`` and ``stop_reason``): ``"stop"`` with a stop *string* as
 ``stop_reason`` -> ``"stop"`` (text ends with the delimiter); ``"stop"`` with ``stop_reason`` None (EOS)
@@ -253,6 +254,7 @@ class OpenAIServerEngine(_TokenizerMixin):
         self.retry_budget = None if retry_budget is None else int(retry_budget)
         self.retries = 0  # retried attempts so far, all requests together
         self.latencies: collections.deque[float] = collections.deque(maxlen=100_000)
+        self.backoff_delays: collections.deque[float] = collections.deque(maxlen=100_000)
 
     # ------------------------------------------------------------------ plumbing
     def _loop_state(self) -> _LoopState:
@@ -356,6 +358,7 @@ class OpenAIServerEngine(_TokenizerMixin):
                         break
                     self.retries += 1
                     delay = min(self.max_backoff, self.backoff * 2 ** attempt) * self._jitter.uniform(0.5, 1.0)
+                    self.backoff_delays.append(delay)
                     await asyncio.sleep(delay)
         tried_s = ", ".join(dict.fromkeys(tried))
         why = f" (the engine's retry budget of {self.retry_budget} retries is spent)" if budget_spent else ""

@@ -6,8 +6,11 @@ problems (a paired bootstrap, so correlated errors between points cancel as they
 metrics are recomputed per replicate with :func:`roro_jax.eval.metrics.curve_metrics_batched`.  With the
 same ``seed`` and the same problem order, every method sees the same replicates.
 
-Intervals are percentile intervals.  Replicates in which the SRM and LRM accuracies coincide leave the
-PGR-based metrics undefined and are left out of those metrics' intervals (``n_valid`` counts the rest).
+Intervals are percentile intervals.  Replicates in which the LRM is not more accurate than the SRM (equal
+accuracies, or the LRM below the SRM, as in some replicates of a small test set such as AIME 2025's) leave
+the PGR-based metrics undefined and are left out of those metrics' intervals (``n_valid`` counts the rest).
+Kept, a replicate with the LRM below the SRM would flip the sign of PGR, and a point worse than SRM-only
+would reach CPT targets.
 A CPT that a replicate does not reach counts as an infinite cost, so an upper bound that falls on such
 replicates is reported as NaN ("not reached").
 """
@@ -87,7 +90,7 @@ def bootstrap_curve(correct: Any, large_tokens: Any, total_tokens: Any, srm_corr
         share_b = np.where(tot_b > 0, (W @ L.T) / np.where(tot_b > 0, tot_b, 1.0), 0.0)
     s_b, l_b = W @ s / n, W @ l / n                        # [B]
     m = curve_metrics_batched(share_b, acc_b, s_b, l_b, xs=xs, auc_with_endpoints=auc_with_endpoints)
-    gap_ok = s_b != l_b
+    gap_ok = l_b > s_b  # a positive SRM->LRM gap: PGR is defined (roro_jax.eval.metrics)
 
     curve: dict[str, dict[str, float]] = {}
     for key, v in m.items():

@@ -13,7 +13,11 @@ points, e.g. bootstrap replicates) without validation; they return NaN where a m
 
 Definitions
 -----------
-``pgr``        (acc − acc_srm) / (acc_lrm − acc_srm), elementwise (performance-gap recovered).
+``pgr``        (acc − acc_srm) / (acc_lrm − acc_srm), elementwise (performance-gap recovered).  NaN where
+               acc_lrm < acc_srm: there is no gap to recover, and the sign would flip (a point worse than
+               SRM-only would "recover" the gap and reach CPT targets).  Every PGR-based metric (max PGR,
+               CPT, ΔIBC) follows: NaN there, and in a bootstrap those replicates are left out
+               (:mod:`roro_jax.eval.bootstrap`).  A zero gap is an error in the public functions.
 ``cpt``        least cost among the points whose PGR ≥ x; NaN when no point reaches x.
 ``delta_ibc``  (IBC − IBC_base) / IBC_base with IBC = (acc − acc_srm)/cost and IBC_base = acc_lrm − acc_srm,
                elementwise.  At cost 0 the IBC (accuracy gained per unit of large-model share) is undefined
@@ -103,13 +107,21 @@ def _check_x(x: Any) -> np.ndarray:
 def pgr(acc: Any, acc_srm: Any, acc_lrm: Any) -> np.ndarray:
     """Performance-gap recovered, ``(acc − acc_srm) / (acc_lrm − acc_srm)``, elementwise (broadcasting).
 
-    0 at the SRM's accuracy, 1 at the LRM's; may be negative or exceed 1.  Raises ``ValueError`` when
-    ``acc_lrm == acc_srm`` (zero gap) or an input is not finite.
+    0 at the SRM's accuracy, 1 at the LRM's; may be negative or exceed 1.  NaN where ``acc_lrm < acc_srm``
+    (no gap to recover; the module docstring says why).  Raises ``ValueError`` when ``acc_lrm == acc_srm``
+    (zero gap) or an input is not finite.
     """
     a = _as_float_array(acc, "acc")
     _check_finite(a, "acc")
     s, l = _check_gap(acc_srm, acc_lrm)
-    return (a - s) / (l - s)
+    return _pgr_unchecked(a, s, l)
+
+
+def _pgr_unchecked(a, s, l) -> np.ndarray:
+    """PGR where the gap is positive, NaN elsewhere (no validation)."""
+    gap = l - s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap > 0.0, (a - s) / np.where(gap > 0.0, gap, 1.0), np.nan)
 
 
 def delta_ibc(cost: Any, acc: Any, acc_srm: Any, acc_lrm: Any) -> np.ndarray:
@@ -118,7 +130,7 @@ def delta_ibc(cost: Any, acc: Any, acc_srm: Any, acc_lrm: Any) -> np.ndarray:
     ``IBC = (acc − acc_srm) / cost``, ``IBC_base = acc_lrm − acc_srm`` (the slope of the straight line from
     SRM-only to LRM-only), result ``(IBC − IBC_base) / IBC_base``.  0 for any point on that line (so 0 for
     the LRM-only endpoint), > 0 above it.  Where ``cost == 0`` the result is NaN (IBC undefined: no
-    large-model tokens were spent).  Raises ``ValueError`` on a zero gap, costs outside [0, 1] or
+    large-model tokens were spent), and where ``acc_lrm < acc_srm`` (no gap to recover).  Raises ``ValueError`` on a zero gap, costs outside [0, 1] or
     non-finite input.
     """
     c = _as_float_array(cost, "cost")
@@ -134,7 +146,7 @@ def _delta_ibc_unchecked(c, a, s, l) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         ibc = (a - s) / c
         out = (ibc - base) / base
-    return np.where(c > 0.0, out, np.nan)
+    return np.where((c > 0.0) & (base > 0.0), out, np.nan)
 
 
 # --------------------------------------------------------------------------------------- curve kernels
@@ -248,7 +260,7 @@ def curve_summary(costs: Any, accs: Any, acc_srm: float, acc_lrm: float, *,
     s, l = _check_gap(acc_srm, acc_lrm)
     s, l = float(s), float(l)
     xa = _check_x(list(xs))
-    p = (a - s) / (l - s)
+    p = _pgr_unchecked(a, s, l)
     d = _delta_ibc_unchecked(c, a, s, l)
     out: dict[str, Any] = {"pgr": p.tolist(), "max_pgr": float(np.max(p))}
     for xi in xa.tolist():
@@ -268,20 +280,19 @@ def curve_metrics_batched(costs: np.ndarray, accs: np.ndarray, acc_srm: np.ndarr
                           auc_with_endpoints: bool = True) -> dict[str, np.ndarray]:
     """:func:`curve_summary`'s scalar metrics for B curves at once (no validation; for the bootstrap).
 
-    ``costs``/``accs`` are [B, K], ``acc_srm``/``acc_lrm`` [B].  Rows whose gap is zero give NaN for every
-    PGR-based metric (``max_pgr``, ``cpt_*``, ``delta_ibc``); ``auc`` does not use the gap.  Also returns
-    ``pgr`` [B, K].
+    ``costs``/``accs`` are [B, K], ``acc_srm``/``acc_lrm`` [B].  Rows whose gap is not positive (acc_lrm ≤
+    acc_srm) give NaN for every PGR-based metric (``max_pgr``, ``cpt_*``, ``delta_ibc``); ``auc`` does not
+    use the gap.  Also returns ``pgr`` [B, K].
     """
     s = np.asarray(acc_srm, np.float64)[:, None]
     l = np.asarray(acc_lrm, np.float64)[:, None]
     gap = l - s
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(gap != 0.0, (accs - s) / np.where(gap != 0.0, gap, 1.0), np.nan)
+    p = _pgr_unchecked(accs, s, l)
     out: dict[str, np.ndarray] = {"pgr": p, "max_pgr": np.max(p, axis=-1)}
     for xi in xs:
         out[f"cpt_{round(100 * xi)}"] = _cpt_batched(costs, p, float(xi))
-    dibc = _mean_delta_ibc_batched(costs, accs, s, np.where(gap != 0.0, l, np.nan))
-    out["delta_ibc"] = np.where(gap[:, 0] != 0.0, dibc, np.nan)
+    dibc = _mean_delta_ibc_batched(costs, accs, s, np.where(gap > 0.0, l, np.nan))
+    out["delta_ibc"] = np.where(gap[:, 0] > 0.0, dibc, np.nan)
     if auc_with_endpoints:
         B = costs.shape[0]
         costs = np.concatenate([costs, np.zeros((B, 1)), np.ones((B, 1))], axis=-1)

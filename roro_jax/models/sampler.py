@@ -15,9 +15,9 @@ to 20) are those of the model's raw distribution (``log_softmax`` of the unscale
 
 Finish reasons: ``"eos"`` (an EOS id was sampled), ``"stop"`` (a stop string or stop token id), ``"length"``
 (max new tokens). The EOS or stop token is included in ``token_ids``; ``text`` is the decoding of
-``token_ids`` (special tokens skipped), cut right after the stop string (or before it when
-``include_stop_str_in_output=False``). Stop strings are matched on the raw text (special tokens
-included, see :mod:`roro_jax.models.stopping`).
+``token_ids`` (special tokens skipped), cut right after the first occurrence of the stop string that ends
+in the last token (or before it when ``include_stop_str_in_output=False``). Stop strings are matched on the
+raw text (special tokens included, see :mod:`roro_jax.models.stopping`).
 """
 
 from __future__ import annotations
@@ -395,8 +395,8 @@ class Sampler:
         text = ""
         if self.tokenizer is not None:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            if stop_str is not None:  # the match ends inside the last token: cut at its last occurrence
-                at = text.rfind(stop_str)
+            if stop_str is not None:  # the match ends inside the last token: cut at its first occurrence there
+                at = text.find(stop_str, _first_end_start(self.tokenizer, tokens, text, stop_str))
                 if at >= 0:
                     text = text[:at + len(stop_str)] if sp.include_stop_str_in_output else text[:at]
         k = sp.logprobs
@@ -407,6 +407,15 @@ class Sampler:
             top_logprobs=np.asarray(row["top_logprobs"][:length, :k]),
             stop_str=stop_str,
         )
+
+
+def _first_end_start(tokenizer, tokens: list[int], text: str, stop: str) -> int:
+    """Where to look for the stop string that ended generation: it completed inside the last token, so its
+    occurrence must end past the text of the earlier tokens. The first such occurrence is the one (a
+    token such as ``"\\n\\n\\n\\n"`` holds ``"\\n\\n"`` twice); an earlier one in ``text`` can only be
+    formed across a special token that the decoded text skips (the matcher reads the raw text)."""
+    head = tokenizer.decode(tokens[:-1], skip_special_tokens=True)
+    return max(0, len(head) - len(stop) + 1) if text.startswith(head) else 0
 
 
 def generate(model: Decoder, tokenizer, prompts, params: SamplingParams | Sequence[SamplingParams] = SamplingParams()

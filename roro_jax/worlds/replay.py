@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,7 +63,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from roro_jax.paths import shared_data_dir
-from roro_jax.types import ESCALATE, KEEP, LARGE, SMALL, Step, Trajectory
+from roro_jax.types import ESCALATE, KEEP, LARGE, SMALL, InputError, Step, Trajectory
 
 DEFAULT_EPISODES = "math500"
 EPISODE_FIELDS = (
@@ -74,8 +75,13 @@ OPTIONAL_FIELDS = ("dataset", "srm_answer", "lrm_answer", "srm_total_tokens", "l
                    "mixed_correct")
 
 
-class EpisodeFormatError(ValueError):
-    """A malformed episode file or row; the message names the file, line and field."""
+class EpisodeFormatError(InputError):
+    """A malformed episode file or row; the message names the file, line and field (an
+    :class:`~roro_jax.types.InputError`: the ``roro`` command prints it as one ``roro: error:`` line)."""
+
+
+class EpisodeWarning(UserWarning):
+    """Episode data that loads but may not mean what the user thinks (the message says what and where)."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,14 @@ def parse_episode(row: Any, where: str) -> Episode:
                                      f"{row[f'{p}_correct']!r}")
         out[p] = (tuple(steps), tuple(float(x) for x in prm), tuple(int(x) for x in tok),
                   bool(row[f"{p}_correct"]), str(row.get(f"{p}_answer", "") or ""))
-    meta = {k: row[k] for k in ("srm_total_tokens", "lrm_total_tokens") if k in row}
+    meta = {}
+    for k in ("srm_total_tokens", "lrm_total_tokens"):
+        v = row.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise EpisodeFormatError(f"{where}: field {k} = {v!r} is not a token count (int >= 0)")
+        meta[k] = v
     if "mixed_correct" in row:
         meta["recorded_mixed_correct"] = row["mixed_correct"]  # their estimate: kept, never used
     meta["where"] = where
@@ -164,7 +177,8 @@ def parse_episode(row: Any, where: str) -> Episode:
 
 def resolve_episodes(path_or_name: str | Path | None = None) -> list[Path]:
     """Episode files for a path (file or folder of ``*.jsonl``) or a name (``"math500"`` matches
-    ``<shared data>/episodes/math500_*.jsonl``). None means :data:`DEFAULT_EPISODES`."""
+    ``<shared data>/episodes/math500_*.jsonl``; a file name such as ``"aime2025_x.jsonl"`` is looked up
+    there too). None means :data:`DEFAULT_EPISODES`. Raises ``FileNotFoundError`` naming what is missing."""
     target = DEFAULT_EPISODES if path_or_name is None else path_or_name
     p = Path(target).expanduser()
     if p.is_file():
@@ -175,10 +189,14 @@ def resolve_episodes(path_or_name: str | Path | None = None) -> list[Path]:
             raise FileNotFoundError(f"no *.jsonl episode files in {p}")
         return files
     folder = shared_data_dir() / "episodes"
+    if p.is_absolute() or len(p.parts) > 1:  # a path, not a name: nothing to look up in the shared folder
+        raise FileNotFoundError(f"episode file or folder {str(target)!r} does not exist")
     if not folder.is_dir():
         raise FileNotFoundError(f"no episode file {str(target)!r}, and the shared episodes folder {folder} "
                                 f"does not exist (set RORO_SHARED_DATA or pass a path)")
-    files = sorted(folder.glob(f"{target}_*.jsonl")) or sorted(folder.glob(f"{target}.jsonl"))
+    name = p.name
+    files = sorted(folder.glob(f"{name}_*.jsonl")) or sorted(folder.glob(f"{name}.jsonl")) \
+        or sorted(f for f in folder.glob("*.jsonl") if f.name == name)
     if not files:
         raise FileNotFoundError(f"no episode file matching {str(target)!r} in {folder}; there are: "
                                 f"{[f.name for f in sorted(folder.glob('*.jsonl'))]}")
@@ -197,23 +215,40 @@ def load_episodes(path_or_name: str | Path | None = None, *, duplicate_ids: str 
     recorded id stays in ``meta["recorded_id"]``), ``"first"`` keeps the first row of each id,
     ``"error"`` rejects the file.
 
-    Raises :class:`EpisodeFormatError` naming ``file:line`` (and the field) for a malformed row.
+    Files are UTF-8 (a leading byte-order mark is accepted). Raises :class:`EpisodeFormatError` naming
+    ``file:line`` (and the field) for a malformed row, ``FileNotFoundError`` for a missing file. Warns
+    (:class:`EpisodeWarning`, once per file) when the per-step token counts of episodes miss their recorded
+    ``srm_total_tokens``/``lrm_total_tokens`` by more than one token per step (a step-split re-tokenisation
+    moves a token or two; more means steps are missing, e.g. solutions cut at 30 steps).
     """
     if duplicate_ids not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicate_ids must be one of {DUPLICATE_POLICIES}, got {duplicate_ids!r}")
     episodes: list[Episode] = []
     seen: dict[str, list[str]] = {}
     for path in resolve_episodes(path_or_name):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        off_totals: list[str] = []
+        n_file = 0
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                where = f"{path}:{lineno}"
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+                    raw = raw[3:]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise EpisodeFormatError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                             f"{e.start + 1})") from None
                 if not line.strip():
                     continue
-                where = f"{path}:{lineno}"
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise EpisodeFormatError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
                 ep = parse_episode(row, where)
+                n_file += 1
+                off = _totals_off(ep)
+                if off:
+                    off_totals.append(f"line {lineno} (id {ep.id!r}): {off}")
                 prev = seen.setdefault(ep.id, [])
                 prev.append(where)
                 if len(prev) > 1:
@@ -224,9 +259,23 @@ def load_episodes(path_or_name: str | Path | None = None, *, duplicate_ids: str 
                     ep = dataclasses.replace(ep, id=f"{ep.id}#{len(prev)}",
                                              meta={**ep.meta, "recorded_id": ep.id, "duplicate_of": prev[0]})
                 episodes.append(ep)
+        if off_totals:
+            warnings.warn(f"{path}: in {len(off_totals)} of {n_file} episodes the per-step token counts do not add "
+                          f"up to the recorded total (off by more than one token per step), e.g. "
+                          f"{off_totals[0]}; costs use the per-step counts", EpisodeWarning, stacklevel=2)
     if not episodes:
         raise EpisodeFormatError(f"no episodes in {path_or_name}")
     return episodes
+
+
+def _totals_off(ep: Episode) -> str:
+    """How ``ep``'s per-step token counts miss its recorded totals by more than one token per step ("" if not)."""
+    out = []
+    for p, tokens in (("srm", ep.small_tokens), ("lrm", ep.large_tokens)):
+        total = ep.meta.get(f"{p}_total_tokens")
+        if total is not None and abs(sum(tokens) - total) > len(tokens):
+            out.append(f"sum of {p}_token_counts {sum(tokens)} vs {p}_total_tokens {total}")
+    return "; ".join(out)
 
 
 # ----------------------------------------------------------------------------------------------

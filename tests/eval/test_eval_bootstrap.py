@@ -100,3 +100,40 @@ def test_bad_input():
         bootstrap_curve(C, Lt, T, s, s)
     with pytest.raises(ValueError, match="ci must"):
         bootstrap_curve(C, Lt, T, s, l, ci=95)
+
+
+def test_replicates_with_the_lrm_below_the_srm_are_left_out():
+    """A small test set with close SRM/LRM accuracies: in many replicates the LRM falls below the SRM. There
+    PGR's sign would flip, and a point that never beats SRM-only would "recover" the gap and reach CPT
+    targets; such replicates are left out (NaN), like those with a zero gap."""
+    n = 20
+    s = np.zeros(n); s[:10] = 1                  # SRM right on problems 0-9
+    l = np.zeros(n); l[6:17] = 1                 # LRM right on 6-16: 11 of 20, overlapping SRM on 6-9 only
+    c = np.zeros((2, n)); c[0, :8] = 1           # point 0 is right only where SRM is right: never above SRM
+    c[1] = np.maximum(s, l)                      # point 1 takes the better model on every problem
+    large, total = np.full((2, n), 1.0), np.full((2, n), 4.0)
+    out = bootstrap_curve(c, large, total, s, l, n_boot=400, seed=0)
+    W = bootstrap_counts(n, 400, seed=0)
+    below = (W @ l < W @ s)                        # replicates where the LRM is below the SRM
+    positive = (W @ l > W @ s)
+    assert 0.2 < below.mean() < 0.6                # a real share of the replicates: the case is exercised
+    for k in ("max_pgr", "cpt_50", "cpt_80", "delta_ibc"):
+        assert out["curve"][k]["n_valid"] == positive.sum(), k
+    assert out["curve"]["auc"]["n_valid"] == 400
+    # point 0 is never more accurate than SRM-only in any replicate, so its PGR is never positive
+    assert out["points"]["pgr"]["hi"][0] <= 0.0
+    # and a curve whose best point is point 1 has PGR >= 1 in every valid replicate
+    assert out["points"]["pgr"]["lo"][1] >= 1.0
+    only0 = bootstrap_curve(c[:1], large[:1], total[:1], s, l, n_boot=400, seed=0)["curve"]
+    assert np.isnan(only0["cpt_50"]["lo"]) and np.isnan(only0["cpt_50"]["hi"])  # never reaches 50%
+    assert only0["max_pgr"]["hi"] <= 0.0
+
+
+def test_curve_metrics_batched_nan_where_the_lrm_is_below():
+    costs = np.array([[0.2, 0.5], [0.2, 0.5]])
+    accs = np.array([[0.3, 0.35], [0.3, 0.35]])
+    m = M.curve_metrics_batched(costs, accs, np.array([0.4, 0.2]), np.array([0.2, 0.4]))
+    assert np.isnan(m["pgr"][0]).all() and np.isnan(m["max_pgr"][0]) and np.isnan(m["cpt_50"][0])
+    assert np.isnan(m["delta_ibc"][0])
+    np.testing.assert_allclose(m["pgr"][1], [0.5, 0.75])
+    assert m["cpt_50"][1] == pytest.approx(0.2) and np.isfinite(m["auc"]).all()

@@ -128,12 +128,20 @@ def test_auc_dominated_duplicates_unsorted():
     assert M.auc([0.2, 0.4, 0.6], [0.6, 0.6, 0.8]) == pytest.approx(0.72)
 
 
-def test_auc_in_unit_range_and_at_least_best_straight_lines():
+def test_auc_equals_a_fine_grid_integral_of_the_front():
+    """Random curves: the AUC lies between the lowest and highest accuracy and equals a fine-grid trapezoid
+    integral of the front's curve (straight lines between front points, flat outside them); a dominated
+    point added anywhere leaves it unchanged."""
     rng = np.random.default_rng(1)
+    grid = np.linspace(0.0, 1.0, 200_001)
     for _ in range(20):
         c, a = rng.uniform(0, 1, 8), rng.uniform(0, 1, 8)
         v = M.auc(c, a)
         assert a.min() - 1e-12 <= v <= a.max() + 1e-12
+        f = M.pareto_front(c, a)
+        assert v == pytest.approx(np.trapezoid(np.interp(grid, c[f], a[f]), grid), abs=1e-6)
+        k = int(f[-1])  # the costliest front point dominates a point just costlier and less accurate
+        assert M.auc(np.append(c, min(1.0, c[k] + 0.01)), np.append(a, a[k] - 0.01)) == pytest.approx(v)
 
 
 def test_pareto_front_indices():
@@ -174,3 +182,31 @@ def test_batched_matches_single():
     # zero-gap rows: PGR-based metrics NaN, auc still defined
     m = M.curve_metrics_batched(c[:1], a[:1], np.array([0.5]), np.array([0.5]))
     assert np.isnan(m["cpt_50"][0]) and np.isnan(m["delta_ibc"][0]) and np.isfinite(m["auc"][0])
+
+
+def test_pgr_based_metrics_nan_when_the_lrm_is_below_the_srm():
+    """PGR recovers a positive SRM->LRM gap; with the LRM below the SRM the sign would flip and a point worse
+    than SRM-only (0.55 < 0.6) would reach every CPT target."""
+    assert np.isnan(M.pgr(0.55, 0.6, 0.5))
+    np.testing.assert_allclose(M.pgr([0.55, 0.7], [0.6, 0.5], [0.5, 0.9]), [np.nan, 0.5])
+    assert np.isnan(M.cpt([0.1, 0.5], [0.55, 0.58], 0.6, 0.5, 0.5))
+    assert np.isnan(M.delta_ibc(0.3, 0.55, 0.6, 0.5))
+    s = M.curve_summary([0.1, 0.5], [0.55, 0.58], 0.6, 0.5)
+    assert np.isnan(s["max_pgr"]) and np.isnan(s["cpt_50"]) and np.isnan(s["delta_ibc"])
+    assert np.isnan(s["pgr"]).all() and np.isfinite(s["auc"])
+
+
+def test_error_messages_name_the_offending_values():
+    """Mutation-testing gaps: the messages list the bad costs and the positions of non-finite values, and x
+    above 1 is refused."""
+    with pytest.raises(ValueError, match=r"costs: large-model token share must lie in \[0, 1\], got \[-0.2, 1.5\]"):
+        M.auc([0.1, -0.2, 1.5], [0.5, 0.6, 0.7])
+    with pytest.raises(ValueError, match=r"accs: non-finite values at flat positions \[1, 3\]"):
+        M.auc([0.1, 0.2, 0.3, 0.4], [0.5, np.nan, 0.6, np.inf])
+    with pytest.raises(ValueError, match="x must be a fraction"):
+        M.cpt([0.1], [0.5], 0.4, 0.6, 1.5)
+
+
+def test_curve_delta_ibc_of_a_single_costly_point():
+    s = M.curve_summary([0.0, 0.25], [0.5, 0.7], 0.5, 0.9)  # one point with share > 0: its own ΔIBC
+    assert s["delta_ibc"] == pytest.approx(((0.7 - 0.5) / 0.25 - 0.4) / 0.4)

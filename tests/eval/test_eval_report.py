@@ -106,6 +106,30 @@ def test_summary_pairs_methods_and_front():
     json.dumps(s, allow_nan=False)   # JSON-clean (NaN written as null)
 
 
+def test_paired_intervals_do_not_depend_on_the_problem_order_of_a_record():
+    """A method whose records list the problems in a shuffled order gets the same paired intervals as the
+    same records in the endpoints' order: the bootstrap pairs each problem with itself across methods."""
+    pts = _records()
+    ids = pts[0].problem_ids
+
+    def in_order(p):
+        if not p.has_arrays or p.problem_ids == ids:
+            return p
+        pos = {q: i for i, q in enumerate(p.problem_ids)}
+        idx = np.array([pos[q] for q in ids])
+        return CurvePoint.from_arrays(p.method, np.asarray(p.correct)[idx], np.asarray(p.large_tokens)[idx],
+                                      np.asarray(p.total_tokens)[idx], problem_ids=ids, param=p.param,
+                                      param_name=p.param_name, flops=p.flops)
+
+    ordered = [in_order(p) for p in pts]
+    assert any(p.problem_ids != ids for p in pts if p.has_arrays)  # the fixture does shuffle
+    shuffled_summary = summarize(pts, EvalConfig(n_boot=300))
+    ordered_summary = summarize(ordered, EvalConfig(n_boot=300))
+    thr_s, thr_o = shuffled_summary["methods"][0], ordered_summary["methods"][0]
+    assert thr_s["method"] == thr_o["method"] == "conf_thr"
+    assert json.dumps(thr_s, sort_keys=True) == json.dumps(thr_o, sort_keys=True)
+
+
 def test_summary_errors():
     pts = _records()
     with pytest.raises(ValueError, match="role='srm'"):
@@ -149,3 +173,39 @@ def test_write_report_markdown_and_png(tmp_path):
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 100                 # not blank
     tab_blue = np.array([31, 119, 180])                                      # first method's colour
     assert np.sum(np.all(np.abs(rgb - tab_blue) <= 3, axis=-1)) > 200
+
+
+def test_report_details_found_by_mutation_testing():
+    """The overall front (endpoints at shares 0 and 1), problem ids on one side only, number formatting,
+    the estimate banner, the n.r. wording and the AUC wording."""
+    from roro_jax.eval.metrics import pareto_front
+    from roro_jax.eval.report import _ci, _f, render_markdown
+
+    pts = _records()
+    s = summarize(pts, EvalConfig(n_boot=50))
+    srm, lrm = pts[0], pts[1]
+    others = pts[2:]
+    cost = [0.0, 1.0] + [p.large_share for p in others]
+    acc = [srm.accuracy, lrm.accuracy] + [p.accuracy for p in others]
+    assert s["front"] == [([srm, lrm] + others)[i].label for i in pareto_front(cost, acc)]
+    no_ids = CurvePoint.from_arrays("odd", pts[2].correct, pts[2].large_tokens, pts[2].total_tokens)
+    with pytest.raises(ValueError, match="problem_ids present on one of"):
+        summarize(pts + [no_ids], EvalConfig(n_boot=10))
+    assert (_f(None), _f(0.12345), _f(2.0, 1)) == ("—", "0.123", "2.0")
+    assert _ci(0.5, None, 0.7) == "0.500 [—, 0.700]" and _ci(0.5, 0.4, None) == "0.500 [0.400, —]"
+    md = render_markdown(s)
+    for m in s["methods"]:  # the front marker sits exactly on the rows of the points on the overall front
+        section = md.split(f"\n## {m['method']}")[1].split("\n## ")[0]
+        for p in m["points"]:
+            (row,) = [ln for ln in section.splitlines() if ln.startswith(f"| {p['param']} |")]
+            assert row.rstrip().endswith("| ◆ |") == p["on_front"], row
+    assert any(p["on_front"] for m in s["methods"] for p in m["points"])
+    positional = [CurvePoint.from_arrays(p.method, p.correct, p.large_tokens, p.total_tokens, role=p.role,
+                                         param=p.param, param_name=p.param_name)
+                  for p in (pts[0], pts[1], pts[-2])]  # no problem ids anywhere: aligned by position
+    assert summarize(positional, EvalConfig(n_boot=10))["methods"][0]["has_ci"]
+    assert "more than 2.5% of replicates did not reach it" in md
+    assert "estimated, not graded" in md and "of the method's points together with the SRM-only" in md
+    graded = summarize([p for p in pts if not p.is_estimate], EvalConfig(n_boot=10, auc_with_endpoints=False))
+    md2 = render_markdown(graded)
+    assert "estimated, not graded" not in md2 and "extended flat to shares 0 and 1" in md2

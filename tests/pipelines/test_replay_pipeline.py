@@ -1,6 +1,7 @@
 """The replay pipeline end to end: router GRPO on episodes, baselines, reports (estimates labelled)."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -109,3 +110,41 @@ def test_replay_process_weight_without_scorer_is_an_error(episodes, tmp_path):
     learner = RouterLearner(cfg, world.feature_family.dim)
     with pytest.raises(ValueError, match="process scorer"):
         make_collect(learner, world, np.arange(10), cfg)
+
+
+def test_extra_test_sets_are_checked_before_training(episodes, tmp_path):
+    """``replay.extra_test`` sets load before any router trains: a set that shares problems with the training
+    split warns (its results are not held out), two entries with one report name are an error naming the
+    key (their reports used to overwrite each other), and a bad file stops the run with nothing trained."""
+    from pipelines.replay import load_test_sets
+    from roro_jax.config import ConfigError
+    from roro_jax.worlds.replay import EpisodeFormatError, EpisodeWarning
+
+    rows = [json.loads(x) for x in episodes.read_text().splitlines()]
+    world = ReplayWorld(episodes)
+    train_idx, test_idx = split_indices(len(world), 0.6, 0)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fresh = [dict(r, id=f"new{i}", query=f"another question {i}") for i, r in enumerate(rows[:5])]
+    leaked = fresh[:4] + [dict(rows[int(train_idx[0])])]  # one training problem, under its own id
+    renamed = fresh[:4] + [dict(rows[int(train_idx[1])], id="renamed")]  # same query text, new id
+    for name, rs in (("a/aime.jsonl", fresh), ("b/aime.jsonl", leaked), ("b/renamed.jsonl", renamed)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sets = load_test_sets(cfg_for(episodes, tmp_path, [f"replay.extra_test=[{tmp_path / 'a/aime.jsonl'}]"]),
+                              world, train_idx, test_idx)
+    assert list(sets) == ["math500_heldout", "aime"] and len(sets["aime"][0]) == 5
+    for name, which in (("b/aime.jsonl", rows[int(train_idx[0])]["id"]), ("b/renamed.jsonl", "renamed")):
+        with pytest.warns(EpisodeWarning, match=rf"replay.extra_test\[0\].*1 of 5 episodes share a problem id or "
+                                                rf"query with the training split \(e.g. '{which}'\)"):
+            load_test_sets(cfg_for(episodes, tmp_path, [f"replay.extra_test=[{tmp_path / name}]"]), world,
+                           train_idx, test_idx)
+    two = cfg_for(episodes, tmp_path, [f"replay.extra_test=[{tmp_path / 'a/aime.jsonl'},{tmp_path / 'b/aime.jsonl'}]"])
+    with pytest.raises(ConfigError, match=r"'replay.extra_test\[1\]'.*would be reported as 'aime'"):
+        load_test_sets(two, world, train_idx, test_idx)
+    (tmp_path / "bad.jsonl").write_text(json.dumps(fresh[0]) + "\n{\"id\": \n")
+    bad = cfg_for(episodes, tmp_path / "out", [f"replay.extra_test=[{tmp_path / 'a/aime.jsonl'},{tmp_path / 'bad.jsonl'}]"])
+    with pytest.raises(EpisodeFormatError, match=r"bad.jsonl:2: malformed JSON"):
+        run_replay(bad, progress=False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("router_lc*"))

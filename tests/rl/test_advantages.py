@@ -87,3 +87,32 @@ class TestGroupAdvantages(chex.TestCase):
         eager = group_advantages(r, 8)
         jitted = jax.jit(group_advantages, static_argnames=("group_size",))(r, group_size=8)
         np.testing.assert_allclose(eager, jitted, rtol=1e-6)
+
+
+def test_eps_is_added_to_the_std_and_group_size_one_is_allowed():
+    """Mutation-testing gaps: ``eps`` is added to the std (group and batch scale); a group of one sample
+    has advantage 0; a group size that is a float or a bool is refused."""
+    import numpy as np
+    import pytest
+
+    from roro_jax.rl.advantages import group_advantages
+
+    r = np.array([0.0, 2.0, 1.0, 5.0], np.float32)  # groups [0, 2] and [1, 5]: std sqrt(2) and sqrt(8)
+    got = np.asarray(group_advantages(r, 2, eps=0.5))
+    np.testing.assert_allclose(got, [-1 / (np.sqrt(2) + 0.5), 1 / (np.sqrt(2) + 0.5),
+                                     -2 / (np.sqrt(8) + 0.5), 2 / (np.sqrt(8) + 0.5)], rtol=1e-6)
+    batch_std = np.std(r, ddof=1)
+    got = np.asarray(group_advantages(r, 2, scale="batch", eps=0.5))
+    np.testing.assert_allclose(got, np.array([-1, 1, -2, 2]) / (batch_std + 0.5), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(group_advantages(r, 1)), np.zeros(4))
+    for bad in (2.0, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            group_advantages(r, bad)
+
+
+def test_a_single_reward_is_one_group_of_one():
+    import numpy as np
+
+    from roro_jax.rl.advantages import group_advantages
+
+    np.testing.assert_array_equal(np.asarray(group_advantages(np.array([0.7], np.float32), 1)), [0.0])

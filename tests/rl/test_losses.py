@@ -171,3 +171,76 @@ def test_bradley_terry():
                                rtol=1e-6)
     g = jax.grad(lambda a: bradley_terry_loss(a, s2).sum())(s1)
     np.testing.assert_allclose(np.asarray(g), -1 / (1 + np.exp(np.asarray(s1 - s2))), rtol=1e-5)
+
+
+def test_bradley_terry_pair_weights_scale_each_pair():
+    s1, s2 = jnp.array([2.0, 0.0, -1.0]), jnp.array([0.0, 0.0, 1.0])
+    w = jnp.array([2.0, 0.5, 0.0])
+    np.testing.assert_allclose(np.asarray(bradley_terry_loss(s1, s2, w)),
+                               np.asarray(w) * np.log1p(np.exp(-(np.asarray(s1 - s2)))), rtol=1e-6)
+
+
+def test_log1mexp_is_accurate_next_to_zero():
+    """``log(1 - p)`` for p a hair below 1 (log p = -1e-6) in float32: 1 - exp(log p) loses every digit, the
+    expm1 branch keeps them (the exact Bernoulli KL and entropy rely on it)."""
+    from roro_jax.rl.losses import _log1mexp
+
+    for lp in (-1e-6, -1e-3, -0.5, -0.7, -3.0):
+        got = float(_log1mexp(jnp.float32(lp)))
+        assert got == pytest.approx(np.log(-np.expm1(lp)), rel=1e-5), lp
+
+
+def test_safe_div_gives_zero_for_an_empty_denominator():
+    from roro_jax.rl.losses import safe_div
+
+    np.testing.assert_allclose(np.asarray(safe_div(jnp.array([3.0, 1.0, 0.0]), jnp.array([0.0, 0.25, 0.0]))),
+                               [0.0, 4.0, 0.0])
+
+
+def test_entropy_bonus_only_when_asked():
+    logp, old, ref, adv, mask = random_inputs(3)
+    ent = np.random.default_rng(4).uniform(0.1, 0.7, logp.shape).astype(np.float32)
+    base, _ = policy_loss(logp, old, adv, mask)
+    with_ent, _ = policy_loss(logp, old, adv, mask, entropy=ent)  # no entropy_coef: recorded, no bonus
+    assert float(with_ent) == pytest.approx(float(base), abs=1e-7)
+    bonus, _ = policy_loss(logp, old, adv, mask, entropy=ent, entropy_coef=0.1)
+    assert float(bonus) == pytest.approx(np_policy_loss(logp, old, adv, mask, ent=ent, ent_coef=0.1), rel=1e-5)
+
+
+def test_logged_kl_to_the_old_policy_and_defaults_without_extras():
+    """``approx_kl_old`` is the token mean of (log r)^2 / 2; ``policy_loss_terms`` adds no KL unless ``beta``
+    is given; ``log(1 - p)`` stays finite at log p = 0 (clamped below 0)."""
+    from roro_jax.rl.losses import _log1mexp, finalize_terms
+
+    logp, old, ref, adv, mask = random_inputs(5)
+    _, metrics = policy_loss(logp, old, adv, mask)
+    m = mask.astype(np.float64)
+    want = np.sum(0.5 * (logp.astype(np.float64) - old) ** 2 * m) / m.sum()
+    assert float(metrics["approx_kl_old"]) == pytest.approx(want, rel=1e-5)
+    with_ref, _ = finalize_terms(policy_loss_terms(logp, old, adv, mask, ref_logp=ref))
+    without, _ = finalize_terms(policy_loss_terms(logp, old, adv, mask))
+    assert float(with_ref) == pytest.approx(float(without), abs=1e-7)
+    assert np.isfinite(float(_log1mexp(jnp.float32(0.0))))
+
+
+def test_defaults_metrics_and_one_token_rows():
+    """More mutation-testing gaps: ``policy_loss`` adds no KL without ``beta``; ``policy_loss_terms`` clips at
+    0.2 by default like ``policy_loss``; the logged entropy is the token mean of the given entropies; a
+    row with one valid token counts in full in ``seq-mean-token-mean``."""
+    from roro_jax.rl.losses import finalize_terms
+
+    logp, old, ref, adv, mask = random_inputs(6)
+    ent = np.random.default_rng(7).uniform(0.1, 0.7, logp.shape).astype(np.float32)
+    plain, _ = policy_loss(logp, old, adv, mask)
+    with_ref, metrics = policy_loss(logp, old, adv, mask, ref_logp=ref, entropy=ent)
+    assert float(with_ref) == pytest.approx(float(plain), abs=1e-7)
+    m = mask.astype(np.float64)
+    assert float(metrics["entropy"]) == pytest.approx(np.sum(ent * m) / m.sum(), rel=1e-5)
+    lr = ref.astype(np.float64) - logp
+    assert float(metrics["kl"]) == pytest.approx(np.sum((np.exp(lr) - lr - 1) * m) / m.sum(), rel=1e-4)
+    direct, _ = finalize_terms(policy_loss_terms(logp, old, adv, mask))
+    assert float(direct) == pytest.approx(float(plain), abs=1e-7)
+    one = np.zeros_like(mask)
+    one[:, 0] = 1.0  # one valid token per row
+    got, _ = policy_loss(logp, old, adv, one, agg="seq-mean-token-mean")
+    assert float(got) == pytest.approx(np_policy_loss(logp, old, adv, one, agg="seq-mean-token-mean"), rel=1e-5)

@@ -69,3 +69,24 @@ def test_nan_outcome_propagates_to_reward_and_zero_advantage():
     adv = np.asarray(group_advantages(r, 2))
     assert adv[1] == 0.0 and adv[0] == 0.0  # the group has one finite reward left
     assert adv[2] > 0 > adv[3]
+
+
+def test_escalations_term_inf_message_jit_and_normalising_eps():
+    """Mutation-testing gaps: the ``escalations`` term, the first infinite entry named, the terms jittable,
+    and ``normalize_then_sum`` dividing by std + eps exactly."""
+    import jax
+
+    from roro_jax.rl.rewards import compute_rewards
+
+    rate = np.array([0.0, 0.5, 0.25, 1.0], np.float32)
+    r, terms = compute_rewards({"escalation_rate": rate}, {"escalations": 2.0})
+    np.testing.assert_allclose(np.asarray(r), -2.0 * rate)
+    np.testing.assert_allclose(np.asarray(terms["escalations"]), -rate)
+    with pytest.raises(ValueError, match=r"'cost' is -inf at index 1 \(2 infinite entries\)"):
+        compute_rewards({"large_share": np.array([0.1, np.inf, 0.2, -np.inf])}, {"cost": 1.0})
+    jitted = jax.jit(lambda b: compute_rewards(b, {"escalations": 1.0})[0])  # tracers skip the value check
+    np.testing.assert_allclose(np.asarray(jitted({"escalation_rate": rate})), -rate)
+    out, _ = compute_rewards({"correct": np.array([0.0, 2.0, 5.0, 5.0])}, {"outcome": 1.0},
+                             mode="normalize_then_sum", group_size=2)
+    d = 1.0 / (np.sqrt(2.0) + 1e-6)  # group [0, 2]: mean 1, std sqrt(2) (ddof 1); group [5, 5]: constant
+    np.testing.assert_allclose(np.asarray(out), [-d, d, 0.0, 0.0], rtol=1e-6)

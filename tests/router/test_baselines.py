@@ -180,5 +180,12 @@ def test_baselines_in_replay_world():
     _, _, rc = world.rollout(replay_policy(ConfidenceThreshold(0.65)))
     assert np.array_equal(rc.escalated, world.route(trim_thr_actions(world, [0.65])[0]).escalated)
     g = fit_gmm2(world.small_prm[world.small_prm > 0])
-    _, _, rs = world.rollout(replay_policy(SteerPolicy(g, 0.5)))
-    assert rs.large_tokens.shape == (3,)
+    escalated = []
+    for gamma in (0.1, 0.5, 0.99):  # posteriors here: 0.079 and 0.127 on two confident steps, ~1 elsewhere
+        _, _, rs = world.rollout(replay_policy(SteerPolicy(g, gamma)))
+        # a proposal's PRM score does not depend on earlier actions, so STEER's route is the action array
+        # "escalate where the posterior of the low-confidence component exceeds gamma"
+        ref = world.route((g.posterior_low(world.small_prm) > gamma).astype(np.int8))
+        assert np.array_equal(rs.escalated, ref.escalated) and np.array_equal(rs.large_tokens, ref.large_tokens)
+        escalated.append(int(rs.escalated.sum()))
+    assert escalated[0] > escalated[1] >= escalated[2] > 0  # gamma matters, and STEER escalates something

@@ -129,3 +129,27 @@ def test_gate_log_jsonl(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "g" / "gate.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["judge", "rubricor"]
     assert rows[0]["p_value"] == pytest.approx(d.p_value) and rows[0]["b"] == 10 and rows[1]["pruned"] == {"x": "constant"}
+
+
+def test_gate_edges_found_by_mutation_testing(tmp_path):
+    """alpha must lie strictly inside (0, 1); ties count 1/2 in a criterion's accuracy; a criterion at
+    exactly ``min_acc`` is pruned; the default ``min_pairs`` (20) is inclusive; a criterion with too few
+    pairs does not stop the checks of the others; numpy arrays are logged as lists."""
+    for alpha in (0.0, 1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            mcnemar_gate([True], [False], alpha)
+    old, new = np.zeros(10, bool), np.zeros(10, bool)
+    new[:5] = True  # p = 0.5**5 exactly: kept only below it
+    assert not mcnemar_gate(old, new, 0.03125).accept and mcnemar_gate(old, new, 0.0313).accept
+    st = criterion_stats([("tie", 0.5, 0.5)] * 4, [("tie", 0.5)] * 8)
+    assert st["tie"]["acc"] == 0.5
+    recs = [("chance", 0.9, 0.1), ("chance", 0.1, 0.9)] * 10  # acc exactly 0.5, std > 0: pruned
+    vals = [("chance", 0.9), ("chance", 0.1)] * 10
+    recs += [("aaa-rare", 0.5, 0.5)]  # sorts first, too few pairs to judge
+    vals += [("aaa-rare", 0.5)]
+    drop = criteria_to_prune(criterion_stats(recs, vals), GateConfig())
+    assert set(drop) == {"chance"} and "acc 0.500 <= 0.5" in drop["chance"]
+    log = GateLog(tmp_path / "g.jsonl")
+    log.write(phase="judge", values=np.arange(3), n=np.int64(4), p=np.float32(0.25))
+    row = json.loads((tmp_path / "g.jsonl").read_text())
+    assert row["values"] == [0, 1, 2] and row["n"] == 4 and row["p"] == 0.25

@@ -1,6 +1,7 @@
 """Replay world: routing semantics on a synthetic fixture, and the real recorded episodes."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from roro_jax.router.features import prm_features
 from roro_jax.types import ESCALATE, KEEP, LARGE, SMALL
 from roro_jax.worlds import (OUTCOME_RULES, EpisodeFormatError, ReplayWorld, load_episodes,
                              register_outcome_rule)
+from roro_jax.worlds.replay import EpisodeWarning
 
 
 def _episode(eid, small, large, small_correct, large_correct):
@@ -188,6 +190,25 @@ def test_outcome_rules(world):
         ReplayWorld(world.episodes, outcome_rule="last_writer", prm_threshold=0.5)
 
 
+def test_outcome_rules_where_they_disagree(world):
+    """Mixed routes on which last_writer, majority and both give three different answer patterns, so a rule
+    replaced by "the recorded outcome of the last writer" is caught."""
+    # e0 (small wrong, large right): l0 l1 s2 -> large majority, small last writer.
+    # e1 (small right, large wrong): l0 s1    -> a tie (last writer small decides majority), small last.
+    # e2 (small wrong, large right): s0 l1    -> a tie, large last writer (forced end: l1 is large's last step).
+    # e3: pure small.
+    acts = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
+    r = ReplayWorld(world.episodes).route(acts)
+    assert r.n_escalations.tolist() == [2, 1, 1, 0] and r.n_steps.tolist() == [3, 2, 2, 2]
+    assert r.last_writer_large.tolist() == [False, False, True, False]
+    got = {rule: ReplayWorld(world.episodes, outcome_rule=rule).route(acts).correct.tolist()
+           for rule in ("last_writer", "majority", "both", "either")}
+    assert got["last_writer"] == [False, True, True, True]
+    assert got["majority"] == [True, True, True, True]  # e0: the large model wrote 2 of 3 steps
+    assert got["both"] == [False, False, False, True]  # mixed routes need both recorded solutions right
+    assert got["either"] == [True, True, True, True]
+
+
 def test_register_custom_rule(world):
     @register_outcome_rule("always_wrong_test")
     def _never(ctx):
@@ -283,6 +304,27 @@ def _bad(key, value):
     return dict(FIXTURE[0], **{key: value})
 
 
+def test_episode_format_error_is_an_input_error():
+    """So the ``roro`` command prints it as one ``roro: error:`` line with status 2."""
+    from roro_jax.types import InputError
+
+    assert issubclass(EpisodeFormatError, InputError)
+
+
+def test_byte_order_mark_and_token_totals(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in FIXTURE).encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fixture's totals add up: no warning
+        assert [e.id for e in load_episodes(p)] == ["e0", "e1", "e2", "e3"]
+    rows = [dict(r) for r in FIXTURE]
+    rows[2]["lrm_total_tokens"] += 2  # 2 steps: within one token per step (a re-tokenised boundary)
+    rows[3]["srm_total_tokens"] += 3  # 2 steps, 3 tokens off: steps missing from the record
+    with pytest.warns(EpisodeWarning, match=r"in 1 of 4 episodes .* line 4 \(id 'e3'\): sum of srm_token_counts 3 "
+                                            r"vs srm_total_tokens 6"):
+        load_episodes(_write(tmp_path / "off.jsonl", rows))
+
+
 @pytest.mark.parametrize("row,match", [
     ("{oops", "malformed JSON"),
     ([1, 2], "expected an object"),
@@ -308,6 +350,15 @@ def test_missing_files(tmp_path, monkeypatch):
     monkeypatch.setenv("RORO_SHARED_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="RORO_SHARED_DATA"):
         load_episodes("math500")
+    # a missing path (absolute, or with a folder) is named as such; it used to reach Path.glob with an
+    # absolute pattern and raise NotImplementedError("Non-relative patterns are unsupported")
+    (tmp_path / "nowhere" / "episodes").mkdir(parents=True)
+    for missing in (tmp_path / "gone" / "aime.jsonl", str(tmp_path / "aime.jsonl"), "runs/x/aime.jsonl"):
+        with pytest.raises(FileNotFoundError, match=r"episode file or folder .*aime\.jsonl' does not exist"):
+            load_episodes(missing)
+    # a bare name is looked up in the shared folder, with or without its .jsonl
+    _write(tmp_path / "nowhere" / "episodes" / "aime_a_b.jsonl", FIXTURE[:2])
+    assert len(load_episodes("aime")) == len(load_episodes("aime_a_b.jsonl")) == 2
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no \\*.jsonl"):
         load_episodes(tmp_path / "empty")
@@ -358,3 +409,18 @@ def test_grader_agrees_with_recorded_labels(shared_data):
         print(f"\ngrader vs recorded labels ({who} model): {rate:.1%} agree; disagreements "
               f"(answer, gold, recorded label): {dis}")
         assert rate >= 0.95
+
+
+def test_prm_gate_threshold_is_inclusive_and_defaults_to_a_half(world):
+    """Two mixed routes of e0 (the large model, right, writes the last step): s0 (0.9) l1 (0.9) l2 (0.99)
+    and s0 (0.9) s1 (0.2) l2 (0.99). Right iff the lowest written PRM score reaches the threshold, which
+    is inclusive and defaults to 0.5."""
+    acts, idx = np.array([[0, 1, 1, 0], [0, 0, 1, 0]]), [0, 0]
+
+    def correct(**kw):
+        return ReplayWorld(world.episodes, outcome_rule="prm_gate", **kw).route(acts, idx).correct.tolist()
+
+    assert correct() == [True, False]
+    assert correct(prm_threshold=0.9) == [True, False]  # 0.9 meets 0.9
+    assert correct(prm_threshold=0.2) == [True, True]
+    assert correct(prm_threshold=0.95) == [False, False]

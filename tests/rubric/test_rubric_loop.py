@@ -1,0 +1,201 @@
+"""The alternating loop (``roro_jax.rubric.loop``) by its behaviour: the Rubricor's GRPO phase moves it
+toward rubrics under which the frozen Judge orders held-out pairs right; a rejected phase leaves the
+Rubricor, the Judge and the rubric book bit-identical; criteria that the Judge scores as constant are
+pruned from the book."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from rubric_testkit import TINY, make_traj
+
+from roro_jax.rubric.format import criterion_key, parse_rubric
+from roro_jax.rubric.gate import GateConfig
+from roro_jax.rubric.judge import Judge, JudgeConfig, pair_correct
+from roro_jax.rubric.lm import LMSpec
+from roro_jax.rubric.loop import (RubricBook, RubricConfig, RubricData, by_query, grpo_step, make_data, prune_book,
+                                  run_alternating)
+from roro_jax.rubric.rubricor import Rubricor, RubricorConfig
+from roro_jax.rubric.serialize import SerializeConfig, probe_trajectory, query_summary
+from roro_jax.types import PreferencePair
+
+GOOD, BAD = "1. [w=1] Escalates the drop.\n", "1. [w=1] Keeps every step.\n"
+
+
+def routes(prefix: str, n: int, *, flip: bool = False, offset: int = 0):
+    """n queries; each has a route escalating its low-confidence step ("good") and one escalating a confident
+    step ("bad"); the pair prefers the good one (the bad one with ``flip``)."""
+    trajs, pairs, queries = [], [], {}
+    for i in range(n):
+        q = f"{prefix}{i}"
+        d = 1 + (i + offset) % 4
+        confs = [0.95] * 6
+        confs[d] = 0.2 + 0.03 * (i % 5)
+        good = make_traj(q, "good", confs, esc=(d,))
+        bad = make_traj(q, "bad", confs, esc=((d + 2) % 6,))
+        pref, rej = (bad, good) if flip else (good, bad)
+        trajs += [good, bad]
+        pairs.append(PreferencePair(q, pref.traj_id, rej.traj_id, "process", 0.5, "test"))
+        queries[q] = f"Problem {i + offset}"
+    return trajs, pairs, queries
+
+
+def leaves_bytes(tree):
+    return [(np.asarray(x).dtype, np.asarray(x).tobytes()) for x in jax.tree.leaves(tree)]
+
+
+# ------------------------------------------------------------------------------------ Rubricor GRPO phase
+@pytest.fixture(scope="module")
+def rubric_world():
+    """A frozen Judge that orders pairs right when it reads GOOD and wrong when it reads BAD (trained so on
+    other queries: the order it gives depends on the rubric text), and a Rubricor fine-tuned to write BAD
+    3 times out of 5 and GOOD otherwise, for training queries ``r*`` and held-out queries ``h*``."""
+    good, bad = parse_rubric(GOOD, "q").rubric, parse_rubric(BAD, "q").rubric
+    tg, pg, qg = routes("jg", 12)
+    tb, pb, qb = routes("jb", 12, flip=True)
+    tr, pr, qr = routes("r", 8, offset=40)
+    th, ph, qh = routes("h", 8, offset=20)
+    by_id = {t.traj_id: t for t in tg + tb + tr + th}
+    queries = {**qg, **qb, **qr, **qh}
+    judge = Judge(JudgeConfig(model=LMSpec(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                           max_position_embeddings=256), batch_pairs=8, lr=3e-3),
+                  SerializeConfig(), max_criteria=2)
+    judge.train_steps(pg + pb, by_id, queries, {**{q: good for q in qg}, **{q: bad for q in qb}}, steps=150,
+                      rng=np.random.default_rng(0))
+    by_q: dict[str, list] = {}
+    for t in tr + th:
+        by_q.setdefault(t.query_id, []).append(t)
+    data = RubricData(by_id=by_id, queries={q: queries[q] for q in by_q},
+                      summaries={q: query_summary(ts) for q, ts in by_q.items()},
+                      probes={q: probe_trajectory(ts) for q, ts in by_q.items()}, train=pr, val=[], test=ph)
+    rc = RubricorConfig(model=LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                     max_position_embeddings=256),
+                        sft_lr=2e-2, sft_batch=8, max_new_tokens=32, group_size=4, grpo_queries=4, lr=3e-3,
+                        grpo_epochs=2, reward_pairs=1)
+    cfg = RubricConfig(rubricor=rc, max_criteria=2)
+    rubricor = Rubricor(rc, SerializeConfig(), cfg.limits(), seed=0)
+    prompts = [rubricor.prompt_ids(data.queries[q], data.summaries[q]) for q in sorted(by_q)]
+    rubricor.sft([p for p in prompts for _ in range(5)], [GOOD, GOOD, BAD, BAD, BAD] * len(prompts), steps=60,
+                 rng=np.random.default_rng(0))
+    return judge, rubricor, data, cfg, (good, bad)
+
+
+def good_share(rubricor: Rubricor, data: RubricData, qids) -> float:
+    """Mean over the queries of P(GOOD) / (P(GOOD) + P(BAD)) under the Rubricor (exact, from log-probs)."""
+    comp = [rubricor.tokenizer.encode(t, add_special_tokens=False) + [rubricor.eos_id] for t in (GOOD, BAD)]
+    prompts = [rubricor.prompt_ids(data.queries[q], data.summaries[q]) for q in qids]
+    tokens, attn, mask = rubricor._pack(prompts + prompts, [comp[0]] * len(qids) + [comp[1]] * len(qids))
+    lp = (np.asarray(rubricor._logp(rubricor.state.params, rubricor.frozen, tokens, attn)) * mask).sum(1)
+    return float(np.mean(1.0 / (1.0 + np.exp(lp[len(qids):] - lp[:len(qids)]))))
+
+
+def sampled_accuracy(rubricor: Rubricor, judge: Judge, data: RubricData, n: int = 8) -> float:
+    """The frozen Judge's held-out pairwise accuracy when it reads rubrics the Rubricor samples (n per query,
+    fixed seeds); a malformed rubric orders nothing right."""
+    qids = sorted({p.query_id for p in data.test})
+    pairs = by_query(data.test)
+    prompts = [rubricor.prompt_ids(data.queries[q], data.summaries[q]) for q in qids for _ in range(n)]
+    outs = rubricor.generate(prompts, temperature=1.0, seeds=list(range(len(prompts))))
+    acc = []
+    for (_, text), q in zip(outs, [q for q in qids for _ in range(n)]):
+        pr = parse_rubric(text, q, rubricor.limits)
+        acc.append(pair_correct(judge, pairs[q], data.by_id, data.queries, {q: pr.rubric})[0].mean() if pr.ok
+                   else 0.0)
+    return float(np.mean(acc))
+
+
+def test_rubricor_grpo_phase_moves_toward_rubrics_the_judge_reads_right(rubric_world):
+    judge, rubricor, data, cfg, (good, bad) = rubric_world
+    held_out = sorted({p.query_id for p in data.test})
+    # the setting works as described: reading GOOD the Judge orders the held-out pairs right, reading BAD wrong
+    assert pair_correct(judge, data.test, data.by_id, data.queries, {q: good for q in held_out})[0].all()
+    assert not pair_correct(judge, data.test, data.by_id, data.queries, {q: bad for q in held_out})[0].any()
+    judge_before = leaves_bytes(judge.state)
+    share0, acc0 = good_share(rubricor, data, held_out), sampled_accuracy(rubricor, judge, data)
+    assert 0.1 < share0 < 0.4 and acc0 < 0.5
+    snap = rubricor.snapshot()
+    rng = np.random.default_rng(1)
+    train_q = sorted({p.query_id for p in data.train})
+    rewards = []
+    for _ in range(2):
+        batch = list(rng.choice(train_q, 4, replace=False))
+        rewards.append(grpo_step(rubricor, judge, data, batch, by_query(data.train), cfg, rng)["reward_mean"])
+    share1, acc1 = good_share(rubricor, data, held_out), sampled_accuracy(rubricor, judge, data)
+    # GRPO on the training queries: the Rubricor writes GOOD more often on queries it never trained on, and
+    # the frozen Judge, reading what it writes, orders more held-out pairs right
+    assert share1 > 0.9 and share1 > share0 + 0.5, (share0, share1)
+    assert acc1 > acc0 + 0.25, (acc0, acc1)
+    assert leaves_bytes(judge.state) == judge_before  # the Judge stayed frozen
+    rubricor.restore(snap)
+
+
+# ------------------------------------------------------------------------------------ criterion pruning
+def test_prune_book_drops_a_constant_criterion_from_every_rubric(tiny_judge_cfg):
+    """The untrained Judge (zero score head) gives every criterion probability 1/2 on every route: a
+    criterion shared by all queries, with enough pairs, is constant and is pruned from each rubric; the
+    query-specific criteria (too few pairs to judge) stay, reweighted."""
+    trajs, pairs, queries = routes("q", 10)
+    cfg = RubricConfig(judge=tiny_judge_cfg, split=[1.0, 0.0, 0.0], gate=GateConfig(min_pairs=5))
+    data = make_data(trajs, pairs, queries, cfg)
+    assert len(data.train) == 10
+    book = RubricBook({q: parse_rubric(f"1. [w=0.5] Escalates the drop.\n2. [w=0.5] Mentions query {q}.\n", q).rubric
+                       for q in queries})
+    judge = Judge(tiny_judge_cfg, cfg.serialize, max_criteria=cfg.max_criteria)
+    drop = prune_book(book, judge, data, cfg)
+    assert set(drop) == {criterion_key("Escalates the drop.")} and "constant" in drop[criterion_key("Escalates the drop.")]
+    for q, r in book.rubrics.items():
+        assert [c.text for c in r.criteria] == [f"Mentions query {q}."] and r.criteria[0].weight == pytest.approx(1.0)
+    # with too few pairs to judge, nothing is pruned
+    book2 = RubricBook({q: parse_rubric(f"1. [w=0.5] Escalates the drop.\n2. [w=0.5] Mentions query {q}.\n", q).rubric
+                        for q in queries})
+    assert prune_book(book2, judge, data, dataclasses.replace(cfg, gate=GateConfig(min_pairs=11))) == {}
+    assert all(len(r.criteria) == 2 for r in book2.rubrics.values())
+
+
+# ------------------------------------------------------------------------------------ gate rollback
+def _small_loop_cfg(**gate):
+    rc = RubricorConfig(model=TINY, sft_steps=0, grpo_steps=1, grpo_queries=2, group_size=2, max_new_tokens=16)
+    return RubricConfig(judge=JudgeConfig(model=TINY, batch_pairs=4, steps=0, lr=1e-2), rubricor=rc, rounds=1,
+                        sft=False, split=[0.6, 0.2, 0.2], gate=GateConfig(min_pairs=10, **gate), max_criteria=4)
+
+
+def test_rejected_rubricor_phase_leaves_rubricor_judge_and_book_bit_identical():
+    """A Rubricor phase that the gate rejects (alpha below any attainable p-value) is rolled back: the
+    Rubricor (parameters and optimiser state), the Judge and every rubric, source and reason are exactly
+    those before the phase (the loop stopped after round 0). The same phase with the gate disabled changes
+    both the Rubricor and the book, so the equality is the rollback's doing."""
+    trajs, pairs, queries = routes("q", 20)
+    cfg = _small_loop_cfg(alpha=1e-12)
+    data = make_data(trajs, pairs, queries, cfg)
+    quiet = lambda s: None  # noqa: E731
+
+    before = run_alternating(dataclasses.replace(cfg, rounds=0), data, log=quiet)
+    rejected = run_alternating(cfg, data, log=quiet)
+    kept = run_alternating(dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, enabled=False)), data, log=quiet)
+    assert [g["accept"] for g in rejected["gate"]] == [False, False]
+    assert [(r["phase"], r["round"]) for r in rejected["phases"]] == [("init", 0), ("judge", 1), ("rubricor", 1)]
+    assert [g["phase"] for g in rejected["gate"]] == ["judge", "rubricor"]
+
+    def book_state(res):
+        b = res["book"]
+        return ({q: (r.criteria, r.raw) for q, r in b.rubrics.items()}, b.source, b.reasons)
+
+    assert book_state(rejected) == book_state(before)
+    assert leaves_bytes(rejected["rubricor"].state) == leaves_bytes(before["rubricor"].state)
+    assert leaves_bytes(rejected["judge"].state) == leaves_bytes(before["judge"].state)
+    # the control: kept, the phase changed the Rubricor's state and pruned the book
+    assert leaves_bytes(kept["rubricor"].state) != leaves_bytes(before["rubricor"].state)
+    assert book_state(kept) != book_state(before) and kept["gate"][1]["pruned"]
+
+
+def test_accuracy_report_per_kind_and_macro():
+    from roro_jax.rubric.loop import accuracy_report
+
+    pairs = [PreferencePair("q", "a", "b", k) for k in ("outcome", "outcome", "process", "cost", "cost", "cost")]
+    rep = accuracy_report(np.array([True, False, True, True, True, False]), pairs)
+    assert rep["acc"] == pytest.approx(4 / 6) and rep["n"] == 6
+    assert (rep["acc_outcome"], rep["n_outcome"]) == (0.5, 2) and (rep["acc_process"], rep["n_process"]) == (1.0, 1)
+    assert rep["acc_cost"] == pytest.approx(2 / 3) and rep["acc_macro"] == pytest.approx((0.5 + 1.0 + 2 / 3) / 3)
