@@ -20,6 +20,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from roro_jax.config import ConfigError, load_config, to_yaml
@@ -191,11 +192,24 @@ def main(argv: list[str] | None = None) -> int:
     input file that does not exist) is reported as one ``roro: error: ...`` line naming the file and line
     or the key, with exit status 2 (as argparse does for bad arguments); no traceback."""
     args = build_parser().parse_args(argv)
+    show = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return args.fn(args)
     except (InputError, FileNotFoundError, IsADirectoryError) as e:
         print("roro: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = show
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings from the project (e.g. no pairs built, a checkpoint fallback) as one ``roro: warning:``
+    line; other libraries' warnings keep Python's format."""
+    if category.__module__.startswith("roro_jax") or category is RuntimeWarning or "roro_jax" in str(filename):
+        print(f"roro: warning: {' '.join(str(message).splitlines())}", file=file or sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 if __name__ == "__main__":
