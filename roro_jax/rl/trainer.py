@@ -57,8 +57,8 @@ class RouterLearner:
         self.tx = make_optimizer(cfg.grpo.lr, cfg.grpo.max_grad_norm)
         self.state = init_state(params, self.tx)
         mode = cfg.parallel.mode
-        self.mesh = make_mesh(cfg.parallel.devices) if mode in ("shard_map", "jit_sharded") else None
-        if self.mesh is not None:  # replicated on the mesh from the start (global when it spans processes)
+        self.mesh = make_mesh(cfg.parallel.devices) if mode in ("shard_map", "jit_sharded", "pmap") else None
+        if mode != "pmap" and self.mesh is not None:  # replicated on the mesh from the start (global over processes)
             self.state = distributed.to_global(self.state, NamedSharding(self.mesh, P()))
         self._update = make_update(self.graphdef, self.tx, cfg.grpo, mode=mode, mesh=self.mesh)
         self._logits = jax.jit(self.apply)
