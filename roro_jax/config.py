@@ -89,8 +89,19 @@ class ParallelConfig:
 @dataclass
 class CheckpointConfig:
     dir: Optional[str] = None  # None = <out_dir>/checkpoints
-    every: int = _at_least(1, 1)
+    every: int = _at_least(1, 1)  # save after updates every, 2*every, ... (and after the last update)
     keep: int = _at_least(3, 1)
+    # resume a run whose saved config (<out_dir>/config.yaml) differs in training keys (--allow-config-change)
+    allow_config_change: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    """Where the training scalars go besides ``<out_dir>/metrics.jsonl``."""
+
+    # also write every metrics row to TensorBoard (needs the extra: pip install 'roro_jax[tensorboard]')
+    tensorboard: bool = False
+    tensorboard_dir: Optional[str] = None  # None = <out_dir>/tensorboard
 
 
 @dataclass
@@ -207,6 +218,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
