@@ -11,7 +11,6 @@ purges the TensorBoard events after the restored update, as the JSONL log drops 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -24,9 +23,13 @@ TENSORBOARD_EXTRA = "pip install 'roro_jax[tensorboard]'  (or: pip install tenso
 
 def check_tensorboard(cfg) -> None:
     """:class:`ConfigError` naming ``logging.tensorboard`` when it is on and ``tensorboardX`` is missing."""
-    if cfg.logging.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+    if not cfg.logging.tensorboard:
+        return
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
         raise ConfigError("config key 'logging.tensorboard' is true but tensorboardX is not installed: "
-                          f"{TENSORBOARD_EXTRA}, or set logging.tensorboard=false")
+                          f"{TENSORBOARD_EXTRA}, or set logging.tensorboard=false") from None
 
 
 def tensorboard_dir(cfg) -> Path:
