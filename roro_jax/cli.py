@@ -284,7 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. Bad input (a config, a record or a file: :class:`~roro_jax.types.InputError`, or an
     input file that does not exist) is reported as one ``roro: error: ...`` line naming the file and line
     or the key, with exit status 2 (as argparse does for bad arguments); no traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after the options (argparse takes only one run of positionals)
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     show = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
