@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from roro_jax.benchmarking import annotate, machine, summary_line
 
+    if args.mode != "single" and args.devices > jax.device_count():
+        p.error(f"--devices {args.devices}: only {jax.device_count()} devices are visible (on CPU simulate more "
+                f"with XLA_FLAGS=--xla_force_host_platform_device_count={args.devices})")
     start = machine()
     T, F = args.steps, args.features
     run = dict(hidden=args.hidden, epochs=args.epochs, minibatches=args.minibatches, repeats=args.repeats,

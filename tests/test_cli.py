@@ -30,7 +30,7 @@ def test_bench_router_step_json():
     """`roro bench router-step --json` prints one JSON object with the ratio field (tiny sizes)."""
     out = subprocess.run([sys.executable, "-m", "roro_jax.cli", "bench", "router-step", "--json",
                           "--trajectories", "32", "--steps", "8", "--repeats", "2", "--sweep"],
-                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=1500)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ratio"] > 0 and res["default"]["routing_steps"] == 256
@@ -46,7 +46,7 @@ def test_bench_router_step_parallel_mode():
     """`roro bench router-step --mode shard_map --devices 4` measures the data-parallel update."""
     out = subprocess.run([sys.executable, "-m", "roro_jax.cli", "bench", "router-step", "--mode", "shard_map",
                           "--devices", "4", "--trajectories", "32", "--steps", "8", "--repeats", "1", "--sweep"],
-                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=1500)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mode=shard_map on 4 device(s)" in out.stdout and "load average" in out.stdout
 
