@@ -115,19 +115,40 @@ def max_text_len(cfg: toy.ToyConfig) -> int:
     prompt = (n + 1) * odig + 3 * n + 2
     steps = n * (vdig + 3 + odig + 3 + vdig + 2)
     answer = len(toy.ANSWER_PREFIX) + vdig
-    return 1 + prompt + steps + answer + 1
+    labels = 3 * n if cfg.labels else 0  # a label per question operation and "x " per step
+    return 1 + prompt + steps + answer + 1 + labels
 
 
-def encode_batch(problems: Sequence[Problem], codec: CharCodec, length: int):
+def example_ids(p: Problem, codec: CharCodec) -> tuple[list[int], list[int]]:
+    """``(context ids, target ids)`` of a clean example: ``<s>`` + prompt, then the solution + ``</s>``."""
+    return codec.prompt_ids(p), codec.encode(p.solution) + [codec.eos]
+
+
+def corrupted_ids(p: Problem, codec: CharCodec, rng: np.random.Generator, repair_max_ops: int
+                  ) -> tuple[list[int], list[int]]:
+    """A corrupted-prefix example (:func:`toy.corrupted_solution`): one wrong step (result off by 1-3, never
+    negative) at a random position before the last operation; the target continuation repairs it when the
+    problem has at most ``repair_max_ops`` operations, else trusts it. The loss is on the continuation."""
+    n = p.meta["n_ops"]
+    at = int(rng.integers(0, n - 1))
+    right = toy.evaluate(*toy.parse_expression(p.question))[at].result
+    deltas = [d for d in (-3, -2, -1, 1, 2, 3) if right + d >= 0]
+    prefix, cont = toy.corrupted_solution(p, at, int(rng.choice(deltas)), repair=n <= repair_max_ops)
+    ctx = codec.prompt_ids(p) + codec.encode(toy.STEP_SEP.join(prefix) + toy.STEP_SEP)
+    return ctx, codec.encode(toy.STEP_SEP.join(cont)) + [codec.eos]
+
+
+def encode_batch(problems: Sequence[Problem], codec: CharCodec, length: int, examples=None):
     """(tokens, attention mask, loss mask) [B, length]; right-padded. ``loss_mask[b, t]`` is 1 where
-    ``tokens[b, t]`` is a solution token or the final EOS (the positions the loss is taken on)."""
-    b = len(problems)
+    ``tokens[b, t]`` is a solution token or the final EOS (the positions the loss is taken on).
+    ``examples``: ``(context ids, target ids)`` per row instead of the problems' clean examples."""
+    examples = examples or [example_ids(p, codec) for p in problems]
+    b = len(examples)
     tokens = np.full((b, length), codec.pad, np.int32)
     attn = np.zeros((b, length), bool)
     loss = np.zeros((b, length), bool)
-    for i, p in enumerate(problems):
-        prompt = codec.prompt_ids(p)
-        sol = codec.encode(p.solution) + [codec.eos]
+    for i, (prompt, sol) in enumerate(examples):
+        p = problems[i]
         ids = prompt + sol
         if len(ids) > length:
             raise ValueError(f"toy text of {len(ids)} tokens exceeds the sequence length {length}: {p.question!r}")
@@ -137,20 +158,25 @@ def encode_batch(problems: Sequence[Problem], codec: CharCodec, length: int):
     return tokens, attn, loss
 
 
-def batches(cfg: toy.ToyConfig, codec: CharCodec, *, seed: int, batch: int
-            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def batches(cfg: toy.ToyConfig, codec: CharCodec, *, seed: int, batch: int, corrupt_frac: float = 0.0,
+            repair_max_ops: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The training stream: problems of the train split (``toy.iter_problems``, seeded), grouped by their
     number of operations so that each batch is padded only to the length its group needs (one compiled
-    shape per group); a batch is emitted as soon as its group holds ``batch`` problems."""
+    shape per group); a batch is emitted as soon as its group holds ``batch`` problems. With
+    ``corrupt_frac`` > 0 that share of the examples are corrupted-prefix examples (:func:`corrupted_ids`)."""
     stream = toy.iter_problems(cfg, seed=seed, split="train", unique=False)
-    lengths = {n: seq_len(replace(cfg, min_ops=n, max_ops=n)) for n in range(cfg.min_ops, cfg.max_ops + 1)}
-    groups: dict[int, list[Problem]] = {n: [] for n in lengths}
+    rng = np.random.default_rng([seed, 7919])
+    pad = 8 if corrupt_frac > 0 else 0  # a wrong running value may add a digit or a sign per step
+    lengths = {n: seq_len(replace(cfg, min_ops=n, max_ops=n)) + pad * n for n in range(cfg.min_ops, cfg.max_ops + 1)}
+    groups: dict[int, list] = {n: [] for n in lengths}
     while True:
         p = next(stream)
         n = p.meta["n_ops"]
-        groups[n].append(p)
+        ex = corrupted_ids(p, codec, rng, repair_max_ops) if n >= 2 and rng.random() < corrupt_frac else \
+            example_ids(p, codec)
+        groups[n].append((p, ex))
         if len(groups[n]) == batch:
-            yield encode_batch(groups[n], codec, lengths[n])
+            yield encode_batch([q for q, _ in groups[n]], codec, lengths[n], [e for _, e in groups[n]])
             groups[n] = []
 
 
@@ -227,7 +253,9 @@ def validation_set(cfg: toy.ToyConfig, n: int, *, report_n: int = 500) -> list[P
 # --------------------------------------------------------------------------- training
 def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed: int, eval_problems,
               eval_every: int, snapshot_at: float = 0.0, snapshot_every: int = 25, snapshot_step: int = 0,
-              stop_after_snapshot: bool = False, init=None, log=print, progress: bool = True):
+              stop_after_snapshot: bool = False, init=None, log=print, progress: bool = True,
+              save_every: int = 0, save_dir: Path | None = None, corrupt_frac: float = 0.0,
+              repair_max_ops: int = 0):
     """Train one model; returns ``(model, meta, snapshot)``.
 
     With ``snapshot_at > 0`` the validation set is evaluated every ``snapshot_every`` steps until its
@@ -236,6 +264,8 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
     ``snapshot_step > 0`` the snapshot is taken after exactly that many steps instead (accuracy None, no
     eval needed). ``stop_after_snapshot`` ends training there. ``init``: a
     :class:`~roro_jax.models.Decoder` to continue training (fresh optimizer state) instead of a new one.
+    ``save_every`` > 0 writes the weights every that many steps to ``save_dir/<name>_step<k>`` (candidate
+    snapshots, e.g. to pick a weaker small model by its accuracy afterwards).
     """
     from tqdm import tqdm
 
@@ -246,7 +276,7 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
     tx = make_optimizer(spec)
     opt_state = tx.init(params)
     step_fn = make_train_step(graphdef, rest, tx)
-    data = batches(cfg, codec, seed=seed, batch=spec.batch)
+    data = batches(cfg, codec, seed=seed, batch=spec.batch, corrupt_frac=corrupt_frac, repair_max_ops=repair_max_ops)
     sampler = Sampler(model, tokenizer)
     log(f"[{name}] {param_count(model):,} params  {spec}  max seq_len={length}")
 
@@ -264,6 +294,11 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
             losses.append((it, loss_v))
             bar.set_postfix(loss=f"{running:.4f}")
         stop = False
+        if save_every and save_dir is not None and it % save_every == 0:
+            nnx.update(model, params)
+            _save(Path(save_dir) / f"{name}_step{it}", model, tokenizer,
+                  {"name": f"{name}_step{it}", "spec": asdict(spec), "seed": seed, "steps_done": it,
+                   "params": param_count(model), "task": cfg.to_dict()})
         if snapshot_step and it == snapshot_step:
             snapshot = {"step": it, "accuracy": None, "step_accuracy": None,
                         "params": jax.tree.map(np.array, params)}
@@ -326,6 +361,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--small-only", action="store_true",
                     help="with a snapshot: stop the large run at the snapshot and write only the small model")
     ap.add_argument("--snapshot-every", type=int, default=25, help="eval interval while the snapshot is pending")
+    ap.add_argument("--save-every", type=int, default=0,
+                    help="> 0: also write the weights every N steps to <out>/<name>_step<N> (candidate snapshots)")
+    ap.add_argument("--corrupt-frac", type=float, default=0.0,
+                    help="share of training examples with one wrong step in the prefix (the lucky world's large "
+                         "model): the target repairs it on problems of <= --repair-max-ops operations, else trusts it")
+    ap.add_argument("--repair-max-ops", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -357,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                           snapshot_at=snap_at, snapshot_every=args.snapshot_every,
                                           snapshot_step=args.small_snapshot_step if with_small else 0,
                                           stop_after_snapshot=args.small_only, init=init,
-                                          progress=not args.no_progress)
+                                          progress=not args.no_progress, save_every=args.save_every,
+                                          save_dir=args.out, corrupt_frac=args.corrupt_frac,
+                                          repair_max_ops=args.repair_max_ops)
         command = "python -m pipelines.pretrain_toy " + " ".join(argv or [])
         meta.update(task=cfg.to_dict(), command=command,
                     init_from=None if init is None else str(getattr(args, f"{name}_init")))

@@ -163,18 +163,27 @@ def _no_rubric_process_fn(objects, queries):
     return lambda trajs: np.asarray(judge.scores([(queries[t.query_id], None, t) for t in trajs]), np.float32)
 
 
+def _oracle_process_fn(objects, queries):
+    from roro_jax.rubric.teacher import checkpoint_scores
+
+    return lambda trajs: np.asarray(checkpoint_scores(trajs, queries), np.float32)
+
+
 # reward.process_scorer -> (rubric-stage objects, query texts) -> process scorer; add your own here
 PROCESS_SCORERS: dict[str, Callable[..., Callable[[Sequence[Trajectory]], np.ndarray]]] = {
     "judge": lambda objects, queries: judge_process_fn(objects["judge"], objects["book"], queries),
     "no_rubric_judge": _no_rubric_process_fn,
     "rule": _rule_process_fn,
+    "oracle": _oracle_process_fn,
 }
 
 
 def process_scorer(name: str, objects: dict, queries: dict[str, str]) -> Callable[[Sequence[Trajectory]], np.ndarray]:
     """RoRo's process reward by name (``reward.process_scorer``): ``judge`` (the rubric Judge under the
     Rubricor's rubric; RoRo), ``no_rubric_judge`` (ablation), ``rule`` (the rule-based process score of
-    :func:`roro_jax.pairs.process_quality`; ablation)."""
+    :func:`roro_jax.pairs.process_quality`; ablation), ``oracle`` (toy worlds: the share of the problem's
+    reference steps the route's kept steps match, read by the checker,
+    :func:`roro_jax.rubric.teacher.checkpoint_scores`; the upper bound a perfect step verifier gives)."""
     if name not in PROCESS_SCORERS:
         raise KeyError(f"unknown process scorer {name!r}; known: {sorted(PROCESS_SCORERS)}")
     return PROCESS_SCORERS[name](objects, queries)

@@ -24,7 +24,7 @@ from roro_jax.router.policies import Policy, RouterPolicy
 from roro_jax.store import TrajectoryStore
 from roro_jax.tasks import toy
 from roro_jax.types import Trajectory, pad_trajectories
-from roro_jax.worlds.toy import toy_model_dir, toy_task_config
+from roro_jax.worlds.variants import get_world
 
 ProcessFn = Callable[[Sequence[Trajectory]], np.ndarray]  # trajectories -> process score in [0, 1] each
 
@@ -38,20 +38,30 @@ class ToyEngines:
 
 
 def make_engines(cfg) -> ToyEngines:
-    """The shipped toy SRM/LRM as Flax engines with one batch shape and one prompt bucket each, so a whole
-    run compiles only a handful of sampler variants (compiling dominates the toy world's CPU time)."""
+    """The toy world's SRM/LRM (``toy.variant``, :mod:`roro_jax.worlds.variants`; ``control`` = the shipped
+    pair) as Flax engines with one batch shape and one prompt bucket each, so a whole run compiles only a
+    handful of sampler variants (compiling dominates the toy world's CPU time)."""
+    world = get_world(cfg.toy.variant)
     kw = dict(max_batch=cfg.toy.max_batch, batch_buckets=(cfg.toy.max_batch,),
               min_prompt_bucket=cfg.toy.prompt_bucket, min_new_bucket=cfg.rollout.max_step_tokens)
-    return ToyEngines(FlaxEngine(toy_model_dir("small"), name="toy-small", **kw),
-                      FlaxEngine(toy_model_dir("large"), name="toy-large", **kw))
+    return ToyEngines(FlaxEngine(world.model_dir("small"), name="toy-small", **kw),
+                      FlaxEngine(world.model_dir("large"), name="toy-large", **kw))
 
 
 def train_problems(cfg) -> list:
-    return toy.generate(cfg.toy.train_problems, toy_task_config(), seed=cfg.toy.problem_seed, split="train")
+    """The training pool: ``toy.train_problems`` problems of the world's training distribution."""
+    return get_world(cfg.toy.variant).problems("train", cfg.toy.train_problems, seed=cfg.toy.problem_seed)
+
+
+def validation_problems(cfg, n: int) -> list:
+    """``n`` training-distribution problems disjoint from the training pool (for choosing hyperparameters)."""
+    return get_world(cfg.toy.variant).problems("validation", n, seed=cfg.toy.problem_seed,
+                                               skip=cfg.toy.train_problems)
 
 
 def test_problems(cfg) -> list:
-    return toy.generate(cfg.toy.test_problems, toy_task_config(), seed=cfg.toy.problem_seed, split="test")
+    """``toy.test_problems`` held-out problems of the world's test distribution (test split)."""
+    return get_world(cfg.toy.variant).problems("test", cfg.toy.test_problems, seed=cfg.toy.problem_seed)
 
 
 def settings(cfg):

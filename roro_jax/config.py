@@ -23,6 +23,12 @@ from roro_jax.rubric.loop import RubricConfig
 from roro_jax.types import InputError
 
 
+def _toy_worlds():
+    from roro_jax.worlds.variants import WORLDS
+
+    return sorted(WORLDS)
+
+
 class ConfigError(InputError):
     """A config file or override is invalid; the message names the key (and where it was set)."""
 
@@ -38,6 +44,16 @@ def _at_least(default, lo, *, above: bool = False):
 
 def _counts(default, lo=1):
     return field(default_factory=lambda: list(default), metadata={"min": lo, "above": False})
+
+
+def _registry_choices(f: dataclasses.Field):
+    """A field's allowed values: fixed ``choices``, or the names a ``registry`` holds at load time (so a
+    name registered by user code is accepted)."""
+    if "choices" in f.metadata:
+        return f.metadata["choices"]
+    if "registry" in f.metadata:
+        return tuple(f.metadata["registry"]())
+    return None
 
 
 @dataclass
@@ -137,6 +153,8 @@ class ReplayConfig:
 class ToyWorldConfig:
     """The embedded toy world: the shipped toy models (``roro_jax/assets/toy``) on toy arithmetic."""
 
+    # which toy world (roro_jax.worlds.variants): control (the shipped easy pair) | lucky | sparse
+    variant: str = field(default="control", metadata={"registry": lambda: _toy_worlds()})
     train_problems: int = _at_least(512, 1)  # pool of training problems (train split)
     test_problems: int = _at_least(200, 1)  # held-out problems (test split) for evaluation
     explore_problems: int = _at_least(96, 1)  # problems routed by the exploratory policies (stage 1: pairs)
@@ -248,7 +266,7 @@ def _check_choices(obj: Any, layers, prefix: str = "") -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
-        choices = f.metadata.get("choices")
+        choices = _registry_choices(f)
         if choices and value not in choices:
             raise ConfigError(f"config key '{key}' ({_where(key, layers)}): {value!r} is not one of {list(choices)}")
         lo = f.metadata.get("min")

@@ -1,7 +1,9 @@
 """Building the Judge's and the Rubricor's language models: one code path for tiny and real models.
 
 ``LMSpec.path`` set: an HF folder read with :func:`roro_jax.models.from_pretrained` (Qwen3 / Qwen2 / Llama;
-e.g. Qwen3-0.6B for the Judge, Qwen3-1.7B for the Rubricor), its own tokenizer. ``path`` None: a
+e.g. Qwen3-0.6B for the Judge, Qwen3-1.7B for the Rubricor), its own tokenizer; ``toy:NAME`` names a toy
+model that ships in the package (``toy:large``, ``toy:small``, ``toy:chain/large``, ...; see
+:func:`resolve_model_path`). ``path`` None: a
 randomly initialised Llama-architecture decoder of the given size over the toy world's character
 tokenizer (:func:`roro_jax.tasks.toy.build_tokenizer`). ``lora_rank > 0`` adds LoRA adapters and trains
 only them (and the score head, for the Judge).
@@ -37,10 +39,22 @@ def char_tokenizer():
     return build_tokenizer()
 
 
+def resolve_model_path(path: str) -> str:
+    """``toy:NAME`` -> the shipped toy model folder ``roro_jax/assets/toy/NAME``; any other path as given."""
+    if path.startswith("toy:"):
+        from roro_jax.worlds.toy import toy_assets_dir
+
+        folder = toy_assets_dir() / path[4:]
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{path}: no shipped toy model at {folder}")
+        return str(folder)
+    return path
+
+
 def build_lm(spec: LMSpec, *, seed: int = 0) -> tuple[Any, Any]:
     """``(decoder, tokenizer)`` per ``spec`` (see the module docstring)."""
     if spec.path:
-        model, tok = from_pretrained(spec.path, dtype=jnp.float32)
+        model, tok = from_pretrained(resolve_model_path(spec.path), dtype=jnp.float32)
     else:
         tok = char_tokenizer()
         head_dim = spec.hidden_size // spec.num_heads

@@ -2,9 +2,11 @@
 
 :func:`run_alternating`:
 
-1. Teacher rubrics (:mod:`~roro_jax.rubric.teacher`) for the training queries, from their training pairs;
-   optional SFT of the Rubricor on them; the Rubricor then writes (greedily) every query's rubric. A
-   malformed rubric is replaced by the pair-free teacher rubric of that query (counted in the results).
+1. Teacher rubrics (``teacher``: a name in :data:`~roro_jax.rubric.teacher.TEACHERS`; ``profile`` fits rule
+   templates on the training pairs, ``checkpoints`` takes the reference steps of the problem) for the
+   training queries; optional SFT of the Rubricor on them; the Rubricor then writes (greedily) every
+   query's rubric, held-out queries included. A malformed rubric is replaced by the pair-free ``profile``
+   rubric of that query (never by ground truth; counted in the results).
 2. For each round r = 1..R:
 
    * **Judge phase** (Rubricor frozen): ``judge.steps`` Bradley–Terry updates on the training pairs, each
@@ -37,7 +39,7 @@ from roro_jax.rubric.gate import GateConfig, GateLog, criteria_to_prune, criteri
 from roro_jax.rubric.judge import Judge, JudgeConfig, pair_correct
 from roro_jax.rubric.rubricor import Rubricor, RubricorConfig, rubric_reward
 from roro_jax.rubric.serialize import SerializeConfig, probe_trajectory, query_summary
-from roro_jax.rubric.teacher import teacher_rubric
+from roro_jax.rubric.teacher import TEACHERS, get_teacher
 from roro_jax.types import PreferencePair, Rubric, Trajectory
 
 
@@ -50,6 +52,8 @@ class RubricConfig:
     rubricor: RubricorConfig = field(default_factory=RubricorConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     rounds: int = 2
+    # a name in roro_jax.rubric.teacher.TEACHERS: profile | checkpoints
+    teacher: str = field(default="profile", metadata={"registry": lambda: sorted(TEACHERS)})
     max_criteria: int = 4
     max_criterion_chars: int = 80
     sft: bool = True
@@ -234,9 +238,12 @@ def run_alternating(cfg: RubricConfig, data: RubricData, *, log: Callable[[str],
     tr_by_q = by_query(data.train)
 
     # 1. teacher rubrics, SFT, first rubrics
-    teacher = {q: teacher_rubric(q, data.probes[q], tr_by_q.get(q, ()), data.by_id,
-                                 max_criteria=cfg.max_criteria)[0] for q in train_q}
-    fallback = {q: teacher_rubric(q, data.probes[q], max_criteria=cfg.max_criteria)[0] for q in data.query_ids}
+    teach = get_teacher(cfg.teacher)
+    teacher = {q: teach(q, data.queries[q], data.probes[q], tr_by_q.get(q, ()), data.by_id,
+                        max_criteria=cfg.max_criteria) for q in train_q}
+    # a malformed rubric falls back to the pair-free profile rubric (never to ground truth)
+    fallback = {q: get_teacher("profile")(q, data.queries[q], data.probes[q], max_criteria=cfg.max_criteria)
+                for q in data.query_ids}
     judge = Judge(cfg.judge, cfg.serialize, max_criteria=cfg.max_criteria, seed=cfg.seed)
     rubricor = Rubricor(cfg.rubricor, cfg.serialize, limits, seed=cfg.seed + 1000)
     book = RubricBook(fallback)

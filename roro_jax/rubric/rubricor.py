@@ -1,11 +1,15 @@
 """The Rubricor: an LM that writes a query's rubric; SFT warm start, then GRPO on rubric tokens.
 
-**Prompt.** ``[BOS] "Q:" query "\\nP:" summary "\\nR:\\n"`` where ``summary`` is
-:func:`~roro_jax.rubric.serialize.query_summary` of the query's trajectories: the small model's per-step
-confidence profile (no outcomes). The profile is what makes a rubric query-*specific* beyond its text
-(e.g. which step to escalate); a tiny character LM cannot read a math problem, and a real LM benefits
-from seeing where the small model hesitates. The completion is the rubric text in the grammar of
-:mod:`roro_jax.rubric.format`, ended by EOS.
+**Prompt** (``prompt``, a name in :data:`PROMPTS`):
+
+* ``problem``: ``[BOS] query "\\n\\nR:\\n"``: the Rubricor reads the problem itself, as a pretrained LM
+  (e.g. the toy world's large model, ``model.path: toy:large``) that can work it out, and writes
+  checkpoints a correct route passes (teacher ``checkpoints``: the reference step after each operation);
+* ``profile``: ``[BOS] "Q:" query "\\nP:" summary "\\nR:\\n"`` where ``summary`` is
+  :func:`~roro_jax.rubric.serialize.query_summary` of the query's trajectories: the small model's
+  per-step confidence profile (no outcomes), for rubrics about where the small model hesitates.
+
+The completion is the rubric text in the grammar of :mod:`roro_jax.rubric.format`, ended by EOS.
 
 **SFT.** Token-mean negative log-likelihood of the teacher rubric's tokens (and EOS) given the prompt.
 
@@ -40,9 +44,23 @@ from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, traina
 from roro_jax.rubric.serialize import SerializeConfig, serialize_query
 
 
+def _profile_prompt(query: str, summary: str, ser: SerializeConfig) -> str:
+    return "Q:" + serialize_query(query, ser) + "\nP:" + summary + "\nR:\n"
+
+
+def _problem_prompt(query: str, summary: str, ser: SerializeConfig) -> str:
+    return serialize_query(query, ser) + "\n\nR:\n"
+
+
+# rubricor.prompt -> (query text, confidence-profile summary, serialisation config) -> prompt text (BOS first)
+PROMPTS: dict[str, Callable[[str, str, SerializeConfig], str]] = {"profile": _profile_prompt,
+                                                                   "problem": _problem_prompt}
+
+
 @dataclass
 class RubricorConfig:
     model: LMSpec = field(default_factory=LMSpec)
+    prompt: str = field(default="profile", metadata={"registry": lambda: sorted(PROMPTS)})  # profile | problem
     sft_steps: int = 200
     sft_lr: float = 3e-3
     sft_batch: int = 16
@@ -139,8 +157,9 @@ class Rubricor:
 
     # -- text
     def prompt_ids(self, query: str, summary: str) -> list[int]:
-        return bos(self.tokenizer) + encode(self.tokenizer, "Q:" + serialize_query(query, self.ser) + "\nP:" +
-                                            summary + "\nR:\n")
+        if self.cfg.prompt not in PROMPTS:
+            raise KeyError(f"unknown Rubricor prompt {self.cfg.prompt!r}; known: {sorted(PROMPTS)}")
+        return bos(self.tokenizer) + encode(self.tokenizer, PROMPTS[self.cfg.prompt](query, summary, self.ser))
 
     def _pack(self, prompts: Sequence[list[int]], completions: Sequence[list[int]]):
         seqs = [p + c for p, c in zip(prompts, completions)]

@@ -11,6 +11,15 @@ Two styles, chosen by name from :data:`STYLES` (add one with :func:`register_sty
   small model's proposal confidence as a decile digit (``int(10·c)`` capped at 9; ``-`` if unknown).
   Header: steps, escalations, large-model tokens, small-model tokens, and the PRM score (decile) of the
   last written step (the step holding the final answer).
+* ``reasoning`` (the Judge reads the reasoning; any LM): one line per step with who wrote it, the small
+  model's confidence decile and the step's text; an escalated step also shows the small model's discarded
+  proposal, so a Judge can see whether an escalation replaced a wrong step or a right one::
+
+      s9 5 - 3 = 2
+      L3 2 + 7 = 9 | s: 2 + 7 = 8
+      s9 Answer: 9
+
+  (step texts are whitespace-collapsed and cut to ``step_text_chars`` characters when that is > 0).
 * ``verbose`` (real LMs): one line per step::
 
       Step 4 [large, escalated] conf=0.41 prm=0.88 tokens=120: <first step_text_chars of the text>
@@ -28,7 +37,7 @@ The query is collapsed to single spaces and cut to ``query_chars`` characters (`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from roro_jax.types import ESCALATE, LARGE, Trajectory
@@ -38,7 +47,7 @@ from roro_jax.types import ESCALATE, LARGE, Trajectory
 class SerializeConfig:
     """How trajectories and queries become text (see the module docstring)."""
 
-    style: str = "compact"
+    style: str = field(default="compact", metadata={"registry": lambda: sorted(STYLES)})
     max_chars: int = 60  # budget of the step part (header excluded)
     keep_first: int = 2
     keep_last: int = 2
@@ -77,6 +86,20 @@ def _verbose_step(traj: Trajectory, t: int, cfg: SerializeConfig) -> str:
     return line + "\n"
 
 
+def _step_text(text: str | None, limit: int) -> str:
+    t = " ".join(str(text or "").split())
+    return t if limit <= 0 or len(t) <= limit else t[:limit] + "..."
+
+
+def _reasoning_step(traj: Trajectory, t: int, cfg: SerializeConfig) -> str:
+    s = traj.steps[t]
+    esc = s.model == LARGE or s.action == ESCALATE
+    line = ("L" if esc else "s") + _decile(s.confidence) + " " + _step_text(s.text, cfg.step_text_chars)
+    if esc and s.small_text is not None:
+        line += " | s: " + _step_text(s.small_text, cfg.step_text_chars)
+    return line + "\n"
+
+
 @dataclass(frozen=True)
 class Style:
     step: Callable[[Trajectory, int, SerializeConfig], str]
@@ -87,6 +110,7 @@ class Style:
 STYLES: dict[str, Style] = {
     "compact": Style(_compact_step, lambda k: f"~{k}", ""),
     "verbose": Style(_verbose_step, lambda k: f"... {k} steps omitted ...\n", ""),
+    "reasoning": Style(_reasoning_step, lambda k: f"~{k}\n", ""),
     # the small model's proposal confidence only, one digit per step (query summaries)
     "profile": Style(lambda tr, t, c: _decile(tr.steps[t].confidence), lambda k: f"~{k}", ""),
 }

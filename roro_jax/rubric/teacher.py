@@ -17,6 +17,11 @@ query's *training* pairs (pairwise accuracy, ties 1/2); templates beating chance
 ``accuracy − 1/2`` (normalised), the best ``max_criteria`` are kept. Without pairs (or when none beats
 chance) the default set (drop, keep-confident, budget) with equal weights is used. These rubrics are the
 Rubricor's SFT targets and, read with their checks, a rule-based scorer (:func:`rule_scores`).
+
+**Checkpoint rubrics** (:func:`checkpoint_rubric`, teacher ``checkpoints``; toy worlds) come from the
+problem itself: one criterion per reference step, the text a correct solution writes there, so a Judge can
+hold a route against them. :func:`checkpoint_scores` reads them with the checker: the oracle process score.
+:data:`TEACHERS` maps ``rubric.teacher`` names to teachers (:func:`register_teacher` adds one).
 """
 
 from __future__ import annotations
@@ -145,3 +150,85 @@ def rule_scores(trajs: Sequence[Trajectory], spec: Sequence[tuple[str, Any]], we
     for (name, prm), wk in zip(spec, w):
         out += wk * np.array([TEMPLATES[name].check(t, prm) for t in trajs])
     return out
+
+
+# ------------------------------------------------------------------------------ checkpoint rubrics
+
+def reference_steps(query: str) -> list[str] | None:
+    """The reference operation steps of a toy question (``roro_jax.tasks.toy``), or None if the query is
+    not a toy expression (then no checkpoints can be computed from the problem)."""
+    from roro_jax.tasks import toy
+
+    try:
+        values, ops = toy.parse_expression(query)
+    except ValueError:
+        return None
+    if toy.is_labelled(query):
+        reds = toy.evaluate(values, ops, labels=True)
+    else:
+        reds = toy.evaluate(values, ops, "left_to_right")
+    return None if reds is None else [r.text for r in reds]
+
+
+def checkpoint_rubric(query_id: str, query: str, *, max_criteria: int = 6) -> Rubric | None:
+    """The query's *checkpoint* rubric: one criterion per reference step, its text the step a correct
+    solution writes there (``"b 10 + 6 = 16"``), equal weights. The ground truth comes from the task (the
+    problem's own reference evaluation). A route passes a checkpoint when its kept step there reads the
+    same. With more reference steps than ``max_criteria`` the last ``max_criteria`` are kept (the final
+    value is always a checkpoint). None if the query is not a toy problem."""
+    ref = reference_steps(query)
+    if not ref:
+        return None
+    ref = ref[-max_criteria:]
+    return Rubric(str(query_id), [Criterion(t, 1.0 / len(ref)) for t in ref])
+
+
+def checkpoint_scores(trajs: Sequence[Trajectory], queries: dict[str, str]) -> np.ndarray:
+    """The *oracle* process score from the checker: the share of a route's reference steps that its kept
+    steps match, position by position (``"Answer: N"`` counts as one more reference step), in [0, 1].
+
+    A route that keeps a wrong step and is repaired later (a lucky answer) loses the wrong step's share;
+    a route that stops early loses the missing steps'. Only toy problems have reference steps.
+    """
+    from roro_jax.tasks import toy
+
+    out = np.zeros(len(trajs))
+    for i, t in enumerate(trajs):
+        q = queries[t.query_id]
+        ref = reference_steps(q)
+        if ref is None:
+            raise ValueError(f"oracle process score: query {t.query_id} ({q!r}) is not a toy problem")
+        values, ops = toy.parse_expression(q)
+        ref = ref + [f"{toy.ANSWER_PREFIX}{toy.evaluate(values, ops)[-1].result}"]
+        kept = [" ".join(s.text.split()) for s in t.steps if s.text.strip()]
+        out[i] = sum(k == r for k, r in zip(kept, ref)) / len(ref)
+    return out
+
+
+# ---------------------------------------------------------------------------------- registry
+
+def _profile_teacher(query_id, query, probe, pairs=(), by_id=None, *, max_criteria=4):
+    return teacher_rubric(query_id, probe, pairs, by_id, max_criteria=max_criteria)[0]
+
+
+def _checkpoint_teacher(query_id, query, probe, pairs=(), by_id=None, *, max_criteria=4):
+    rub = checkpoint_rubric(query_id, query, max_criteria=max_criteria)
+    return rub if rub is not None else _profile_teacher(query_id, query, probe, pairs, by_id,
+                                                        max_criteria=max_criteria)
+
+
+# rubric.teacher -> (query id, query text, probe trajectory, training pairs, trajectories by id, *,
+# max_criteria) -> Rubric. ``profile``: rule templates fitted on the small model's confidence profile;
+# ``checkpoints``: the reference steps of the problem (toy worlds; other queries fall back to ``profile``).
+TEACHERS: dict[str, Callable[..., Rubric]] = {"profile": _profile_teacher, "checkpoints": _checkpoint_teacher}
+
+
+def register_teacher(name: str, fn: Callable[..., Rubric]) -> Callable[..., Rubric]:
+    TEACHERS[name] = fn
+    return fn
+
+
+def get_teacher(name: str) -> Callable[..., Rubric]:
+    if name not in TEACHERS:
+        raise KeyError(f"unknown rubric teacher {name!r}; known: {sorted(TEACHERS)}")
+    return TEACHERS[name]

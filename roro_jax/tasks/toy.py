@@ -21,6 +21,13 @@ the arithmetic, and their errors sit on identifiable result digits.
   ``test_fraction``; a larger fraction moves some former training problems into the test split).
 - :func:`check_solution` grades a model's solution step by step and says which step is the first
   wrong one (and why), accepting any legal evaluation order under standard precedence.
+- **Labelled chains** (``ToyConfig(labels=True)``, left-to-right only): each operation of the question
+  carries a letter and every step repeats it, so a model finds the operand of step k by matching a label
+  instead of counting positions, which keeps long chains (8-12 operations) learnable by tiny models::
+
+      question:  "7 a*3 b+4 c-5"
+      solution:  "a 7 * 3 = 21\n\nb 21 + 4 = 25\n\nc 25 - 5 = 20\n\nAnswer: 20"
+
 - :func:`build_tokenizer` / :func:`save_tokenizer` make the character-level tokenizer (printable ASCII
   plus ``<pad> <s> </s> <unk>``) that the toy models ship with.
 """
@@ -51,6 +58,7 @@ OPERATORS = {
     "/": (2, None),
 }
 PRECEDENCE_MODES = ("left_to_right", "standard")
+LABELS = "abcdefghijklmnopqrstuvwxyz"  # operation labels of labelled chains, in order
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class ToyConfig:
       min_value, max_value: bounds on every intermediate result and the answer (problems that
         leave them are never generated).
       test_fraction: share of the problem space in the test split (by hash).
+      labels: labelled chains (see the module docstring); left-to-right only, at most 26 operations.
     """
 
     min_ops: int = 2
@@ -78,6 +87,7 @@ class ToyConfig:
     min_value: int = 0
     max_value: int = 99
     test_fraction: float = 0.1
+    labels: bool = False
 
     def __post_init__(self):
         if not 1 <= self.min_ops <= self.max_ops:
@@ -100,9 +110,15 @@ class ToyConfig:
             raise ValueError("ToyConfig: no operand lies within [min_value, max_value]")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"ToyConfig: test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.labels and (self.precedence != "left_to_right" or self.max_ops > len(LABELS)):
+            raise ValueError(f"ToyConfig: labels need precedence 'left_to_right' and max_ops <= {len(LABELS)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; ``labels`` only when set (task files written before it existed stay equal)."""
+        d = asdict(self)
+        if not d["labels"]:
+            del d["labels"]
+        return d
 
 
 # Named presets. "default" is the one the shipped toy models are meant for: the small model should
@@ -113,6 +129,8 @@ DIFFICULTIES: dict[str, ToyConfig] = {
     "medium": ToyConfig(min_ops=2, max_ops=5),
     "hard": ToyConfig(min_ops=2, max_ops=5, operand_max=20, operators="+-*/", precedence="standard",
                       max_value=199),
+    # labelled chains of 2-12 operations (the worlds of roro_jax.worlds.toy_variants train on these)
+    "chain": ToyConfig(min_ops=2, max_ops=12, operators="+-", max_value=50, labels=True),
 }
 
 
@@ -132,17 +150,20 @@ def difficulty(name: str = "default", **overrides) -> ToyConfig:
 
 @dataclass(frozen=True)
 class Reduction:
-    """One step: ``left op right = result``, applied at operator position ``pos``."""
+    """One step: ``left op right = result``, applied at operator position ``pos`` (``label`` + a space in
+    front for labelled chains)."""
 
     pos: int
     left: int
     op: str
     right: int
     result: int
+    label: str = ""
 
     @property
     def text(self) -> str:
-        return f"{self.left} {self.op} {self.right} = {self.result}"
+        head = f"{self.label} " if self.label else ""
+        return f"{head}{self.left} {self.op} {self.right} = {self.result}"
 
 
 def apply_op(a: int, op: str, b: int) -> int | None:
@@ -179,11 +200,14 @@ def reduce_at(values: list[int], ops: list[str], pos: int) -> tuple[list[int], l
 
 
 def evaluate(values: Sequence[int], ops: Sequence[str], precedence: str = "left_to_right",
-             bounds: tuple[int, int] | None = None) -> list[Reduction] | None:
+             bounds: tuple[int, int] | None = None, labels: bool = False) -> list[Reduction] | None:
     """The reference evaluation order (leftmost legal operation first) as a list of reductions.
 
-    None if an operation is an inexact division or a result leaves ``bounds`` (inclusive).
+    None if an operation is an inexact division or a result leaves ``bounds`` (inclusive). With
+    ``labels`` (left-to-right only) reduction i carries label ``LABELS[i]``.
     """
+    if labels and precedence != "left_to_right":
+        raise ValueError("labelled chains are evaluated left to right")
     values, ops = list(values), list(ops)
     if len(values) != len(ops) + 1:
         raise ValueError(f"{len(values)} values need {len(values) - 1} operators, got {len(ops)}")
@@ -192,11 +216,14 @@ def evaluate(values: Sequence[int], ops: Sequence[str], precedence: str = "left_
         values, ops, red = reduce_at(values, ops, legal_positions(ops, precedence)[0])
         if red is None or (bounds is not None and not bounds[0] <= red.result <= bounds[1]):
             return None
-        out.append(red)
+        out.append(replace(red, label=LABELS[len(out)]) if labels else red)
     return out
 
 
-def format_expression(values: Sequence[int], ops: Sequence[str]) -> str:
+def format_expression(values: Sequence[int], ops: Sequence[str], labels: bool = False) -> str:
+    """``"7 * 3 + 4"``; labelled: ``"7 a*3 b+4"``."""
+    if labels:
+        return str(values[0]) + "".join(f" {LABELS[i]}{o}{v}" for i, (o, v) in enumerate(zip(ops, values[1:])))
     parts = [str(values[0])]
     for o, v in zip(ops, values[1:]):
         parts += [o, str(v)]
@@ -204,12 +231,28 @@ def format_expression(values: Sequence[int], ops: Sequence[str]) -> str:
 
 
 _TOKEN_RE = re.compile(r"\s*(\d+|[+\-*/])")
+_LABELLED_RE = re.compile(r"^(\d+)((?:\s+[a-z][+\-*/]\d+)+)$")
+_LABELLED_OP_RE = re.compile(r"\s+([a-z])([+\-*/])(\d+)")
+
+
+def is_labelled(text: str) -> bool:
+    """Whether a toy question is a labelled chain (``"7 a*3 b+4"``)."""
+    return any("a" <= ch <= "z" for ch in text)
 
 
 def parse_expression(text: str) -> tuple[list[int], list[str]]:
-    """``"7 * 3 + 4"`` -> ``([7, 3, 4], ["*", "+"])``; ValueError on anything else."""
-    toks, pos = [], 0
+    """``"7 * 3 + 4"`` (or labelled ``"7 a*3 b+4"``) -> ``([7, 3, 4], ["*", "+"])``; ValueError on anything
+    else (labels must run a, b, c, ...)."""
     text = text.strip()
+    if is_labelled(text):
+        m = _LABELLED_RE.match(text)
+        if not m:
+            raise ValueError(f"not a labelled toy expression: {text!r}")
+        found = _LABELLED_OP_RE.findall(m.group(2))
+        if "".join(lab for lab, _, _ in found) != LABELS[:len(found)]:
+            raise ValueError(f"not a labelled toy expression: {text!r} (labels must run a, b, c, ...)")
+        return [int(m.group(1))] + [int(v) for _, _, v in found], [o for _, o, _ in found]
+    toks, pos = [], 0
     while pos < len(text):
         m = _TOKEN_RE.match(text, pos)
         if not m:
@@ -249,7 +292,7 @@ def training_text(problem: Problem) -> str:
 
 def canonical_key(expression: str, precedence: str) -> str:
     values, ops = parse_expression(expression)
-    return f"{precedence}|{format_expression(values, ops)}"
+    return f"{precedence}|{format_expression(values, ops, is_labelled(expression))}"
 
 
 def split_of(expression: str, precedence: str = "left_to_right", test_fraction: float = 0.1) -> str:
@@ -262,15 +305,17 @@ def split_of(expression: str, precedence: str = "left_to_right", test_fraction: 
 def make_problem(values: Sequence[int], ops: Sequence[str], cfg: ToyConfig = ToyConfig(),
                  split: str | None = None) -> Problem:
     """A Problem for a given expression (its reference solution computed under ``cfg.precedence``)."""
-    reds = evaluate(values, ops, cfg.precedence)
+    reds = evaluate(values, ops, cfg.precedence, labels=cfg.labels)
     if reds is None:
         raise ValueError(f"{format_expression(values, ops)}: inexact division")
-    expr = format_expression(values, ops)
+    expr = format_expression(values, ops, cfg.labels)
     key = canonical_key(expr, cfg.precedence)
     pid = "toy-" + hashlib.sha1(key.encode()).hexdigest()[:12]
     split = split or split_of(expr, cfg.precedence, cfg.test_fraction)
-    return Problem(pid, expr, str(reds[-1].result), SOURCE, solution_text(reds),
-                   {"precedence": cfg.precedence, "n_ops": len(ops), "split": split})
+    meta = {"precedence": cfg.precedence, "n_ops": len(ops), "split": split}
+    if cfg.labels:
+        meta["labels"] = True
+    return Problem(pid, expr, str(reds[-1].result), SOURCE, solution_text(reds), meta)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -333,7 +378,7 @@ def iter_problems(cfg: ToyConfig = ToyConfig(), *, seed: int = 0, split: str = "
     misses = 0
     while True:
         values, ops = _sample_expression(rng, cfg)
-        expr = format_expression(values, ops)
+        expr = format_expression(values, ops, cfg.labels)
         s = split_of(expr, cfg.precedence, cfg.test_fraction)
         if split != "all" and s != split:
             continue
@@ -362,7 +407,7 @@ def generate(n: int, cfg: ToyConfig = ToyConfig(), *, seed: int = 0, split: str 
 # Step-level checking
 # ----------------------------------------------------------------------------------------------
 
-_STEP_RE = re.compile(r"^(-?\d+)\s*([+\-*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?$")
+_STEP_RE = re.compile(r"^(?:([a-z])\s+)?(-?\d+)\s*([+\-*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?$")
 _ANSWER_RE = re.compile(r"^Answer:\s*(-?\d+)\s*\.?$")
 
 # Verdicts for one step.
@@ -433,6 +478,7 @@ def check_solution(problem: Problem, solution: str | Sequence[str], *,
     if prec not in PRECEDENCE_MODES:
         raise ValueError(f"unknown precedence {prec!r}")
     values, ops = parse_expression(problem.question)
+    labelled = is_labelled(problem.question)
     n_ref = len(ops) + 1
     steps = split_steps(solution) if isinstance(solution, str) else [str(s).strip() for s in solution]
     verdicts: list[str] = []
@@ -453,8 +499,12 @@ def check_solution(problem: Problem, solution: str | Sequence[str], *,
                 verdict, reason = "premature_answer", f"{len(ops)} operation(s) remain"
             elif not m_op:
                 verdict, reason = "format", f"expected 'a op b = c', got {s!r}"
+            elif (m_op.group(1) or "") != (LABELS[n_ref - 1 - len(ops)] if labelled else ""):
+                want = LABELS[n_ref - 1 - len(ops)] if labelled else ""
+                verdict, reason = "format", (f"expected the label {want!r} in front of the operation, got {s!r}"
+                                             if labelled else f"a label in front of an unlabelled step: {s!r}")
             else:
-                a, op, b, c = int(m_op.group(1)), m_op.group(2), int(m_op.group(3)), int(m_op.group(4))
+                a, op, b, c = int(m_op.group(2)), m_op.group(3), int(m_op.group(4)), int(m_op.group(5))
                 legal = legal_positions(ops, prec)
                 present = [p for p in range(len(ops)) if (values[p], ops[p], values[p + 1]) == (a, op, b)]
                 pos = next((p for p in present if p in legal), None)
@@ -489,6 +539,35 @@ def check_solution(problem: Problem, solution: str | Sequence[str], *,
     final = next((m.group(1) for m in map(_ANSWER_RE.match, reversed(steps)) if m), None)
     final_ok = final is not None and int(final) == int(problem.answer)
     return StepCheck(tuple(steps), tuple(verdicts), first_wrong, final_ok, n_ref, tuple(reasons))
+
+
+def corrupted_solution(problem: Problem, at: int, delta: int, *, repair: bool) -> tuple[list[str], list[str]]:
+    """A left-to-right solution whose step ``at`` is wrong by ``delta``, and how it goes on.
+
+    Returns ``(prefix, continuation)``: ``prefix`` = the reference steps up to ``at`` with step ``at``'s
+    result replaced by ``result + delta``; ``continuation`` = the steps after it, ending with ``Answer: N``:
+    with ``repair`` the reference steps (the running value recomputed from the question, so the final
+    answer is right although a wrong step was written), otherwise the remaining operations applied to the
+    wrong value (the written prefix trusted). This is how the *lucky* world's large model was trained to
+    continue a wrong prefix (:mod:`roro_jax.worlds.variants`).
+    """
+    values, ops = parse_expression(problem.question)
+    if problem.meta.get("precedence", "left_to_right") != "left_to_right":
+        raise ValueError("corrupted_solution: left-to-right problems only")
+    if not 0 <= at < len(ops) or delta == 0:
+        raise ValueError(f"corrupted_solution: need 0 <= at < {len(ops)} and delta != 0, got {at}, {delta}")
+    reds = evaluate(values, ops, labels=is_labelled(problem.question))
+    prefix = [r.text for r in reds[:at]] + [replace(reds[at], result=reds[at].result + delta).text]
+    if repair:
+        cont = [r.text for r in reds[at + 1:]] + [f"{ANSWER_PREFIX}{reds[-1].result}"]
+        return prefix, cont
+    v = reds[at].result + delta
+    cont = []
+    for r in reds[at + 1:]:
+        c = apply_op(v, r.op, r.right)
+        cont.append(replace(r, left=v, result=c).text)
+        v = c
+    return prefix, cont + [f"{ANSWER_PREFIX}{v}"]
 
 
 def summarize_checks(checks: Sequence[StepCheck]) -> dict:

@@ -77,6 +77,9 @@ def test_solution_format_and_bounds(name):
         n_ops_seen.add(len(ops))
         steps = p.solution.split("\n\n")
         assert len(steps) == len(ops) + 1
+        if cfg.labels:  # labelled chains: step i is "<label i> a op b = c"
+            assert all(s.startswith(toy.LABELS[i] + " ") for i, s in enumerate(steps[:-1])), p.solution
+            steps = [s[2:] for s in steps[:-1]] + steps[-1:]
         assert all(STEP_RE.match(s) for s in steps[:-1]), p.solution
         assert steps[-1] == f"Answer: {p.answer}"
         for s in steps[:-1]:
@@ -257,3 +260,46 @@ def test_summarize_checks_and_heldout():
     assert s["final_answer_accuracy"] == pytest.approx(45 / 50)
     with pytest.raises(ValueError):
         toy.summarize_checks([])
+
+
+def test_labelled_chain_format_parse_and_check():
+    cfg = toy.difficulty("chain", min_ops=3, max_ops=3)
+    p = toy.make_problem([7, 3, 4, 5], ["+", "+", "-"], cfg)
+    assert p.question == "7 a+3 b+4 c-5"
+    assert p.solution == "a 7 + 3 = 10\n\nb 10 + 4 = 14\n\nc 14 - 5 = 9\n\nAnswer: 9"
+    assert toy.parse_expression(p.question) == ([7, 3, 4, 5], ["+", "+", "-"])
+    assert toy.is_labelled(p.question) and not toy.is_labelled("7 + 3")
+    assert toy.check_solution(p, p.solution).correct
+    # a missing, wrong or skipped label is a format error at that step; arithmetic is still checked
+    for bad, at in (("7 + 3 = 10\n\nb 10 + 4 = 14", 0), ("a 7 + 3 = 10\n\nc 10 + 4 = 14", 1),
+                    ("a 7 + 3 = 10\n\nb 10 + 4 = 15", 1)):
+        chk = toy.check_solution(p, bad)
+        assert chk.first_wrong == at and chk.verdicts[at] == ("arithmetic" if bad.endswith("15") else "format")
+    # labels out of order or in an unlabelled problem are rejected
+    with pytest.raises(ValueError):
+        toy.parse_expression("7 b+3 a+4")
+    unl = toy.make_problem([7, 3], ["+"])
+    assert toy.check_solution(unl, "a 7 + 3 = 10\n\nAnswer: 10").verdicts[0] == "format"
+    # labelled and unlabelled versions of one expression are different problems
+    assert toy.canonical_key("7 a+3", "left_to_right") != toy.canonical_key("7 + 3", "left_to_right")
+    with pytest.raises(ValueError):
+        ToyConfig(labels=True, precedence="standard")
+
+
+def test_corrupted_solution_repairs_or_trusts():
+    cfg = toy.difficulty("chain", min_ops=3, max_ops=3)
+    p = toy.make_problem([7, 3, 4, 5], ["+", "+", "-"], cfg)  # 10, 14, 9
+    prefix, cont = toy.corrupted_solution(p, 0, 2, repair=True)
+    assert prefix == ["a 7 + 3 = 12"]
+    assert cont == ["b 10 + 4 = 14", "c 14 - 5 = 9", "Answer: 9"]
+    # the repaired solution has a wrong step but the right answer: a lucky answer
+    chk = toy.check_solution(p, prefix + cont)
+    assert chk.first_wrong == 0 and chk.final_answer_correct and grade("\n\n".join(prefix + cont), p.answer)
+    prefix, cont = toy.corrupted_solution(p, 1, -1, repair=False)
+    assert prefix == ["a 7 + 3 = 10", "b 10 + 4 = 13"]
+    assert cont == ["c 13 - 5 = 8", "Answer: 8"]
+    assert not toy.check_solution(p, prefix + cont).final_answer_correct
+    with pytest.raises(ValueError):
+        toy.corrupted_solution(p, 3, 1, repair=True)
+    with pytest.raises(ValueError):
+        toy.corrupted_solution(p, 0, 0, repair=True)

@@ -1,0 +1,53 @@
+"""The process-reward study command end to end (``--quick``), and its pure pieces."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines import study as S
+
+
+def test_acc_at_budget_interpolates_along_the_front():
+    costs = np.array([[0.2, 0.5, 0.9]])
+    accs = np.array([[0.8, 0.9, 0.6]])
+    # SRM point (0, 0.6): budget 0.1 lies half way to (0.2, 0.8) -> 0.7; 0.35 half way (0.2,0.8)->(0.5,0.9)
+    np.testing.assert_allclose(S.acc_at_budget(costs, accs, 0.6, 0.1), [0.7])
+    np.testing.assert_allclose(S.acc_at_budget(costs, accs, 0.6, 0.35), [0.85])
+    np.testing.assert_allclose(S.acc_at_budget(costs, accs, 0.6, 0.95), [0.9])  # a dominated point never helps
+    np.testing.assert_allclose(S.acc_at_budget(costs, accs, 0.6, 0.0), [0.6])
+
+
+def test_bad_world_and_arms_are_errors():
+    with pytest.raises(ValueError, match="not a toy world"):
+        S.run_study(S.StudyOptions(world="nope"))
+    with pytest.raises(ValueError, match="must include 'outcome'"):
+        S.run_study(S.StudyOptions(arms=["roro"]))
+
+
+def test_study_quick_runs_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    summary = S.main(["--world", "control", "--seeds", "0", "--quick", "--out", str(out)])
+    for f in ("summary.json", "summary.md", "study.png", "tuning.json", "seed0/result.json",
+              "seed0/rubric/results.json", "seed0/pairs.jsonl"):
+        assert (out / f).exists(), f
+    data = json.loads((out / "summary.json").read_text())
+    assert set(data["arms"]) == {"outcome", "roro", "no_rubric", "oracle", "threshold"}
+    for arm in data["arms"]:
+        for key in ("auc", "cpt_80", "acc_at_0.1", "acc_at_0.2", "acc_at_0.3"):
+            assert key in data["table"][arm]
+        (row,) = data["per_seed"][arm]
+        assert 0.0 <= row["auc"] <= 1.0 and len(row["points"]) >= 1
+    assert set(data["paired_bootstrap"]) >= {"roro-outcome", "oracle-outcome"}
+    d = data["paired_bootstrap"]["oracle-outcome"]["auc"]
+    assert d["lo"] <= d["diff"] <= d["hi"] or not np.isfinite(d["lo"])
+    # every router of every arm was evaluated on the same test problems, once
+    res = json.loads((out / "seed0" / "result.json").read_text())
+    n = len(res["test_ids"])
+    assert n == 24 and all(len(v["correct"]) == n for v in res["final"].values())
+    assert {r["arm"] for r in res["routers"]} == {"outcome", "roro", "no_rubric", "oracle"}
+    assert sorted(data["learning_curves"]["outcome"]) == ["2", "4"]
+    assert summary["world"] == "control"
+    # a rerun reuses the finished seed and the tuning
+    again = S.main(["--world", "control", "--seeds", "0", "--quick", "--out", str(out)])
+    assert again["table"] == summary["table"]

@@ -1,0 +1,98 @@
+"""What the Judge and the Rubricor read in the toy worlds: step texts, the problem, checkpoint rubrics, and
+the oracle process score computed from the checker."""
+
+import numpy as np
+import pytest
+
+from roro_jax.rubric.format import format_rubric, parse_rubric
+from roro_jax.rubric.judge import JudgeEncoder
+from roro_jax.rubric.lm import char_tokenizer, resolve_model_path
+from roro_jax.rubric.rubricor import PROMPTS
+from roro_jax.rubric.serialize import SerializeConfig, serialize_trajectory
+from roro_jax.rubric.teacher import TEACHERS, checkpoint_rubric, checkpoint_scores, get_teacher, reference_steps
+from roro_jax.tasks import toy
+from roro_jax.types import ESCALATE, KEEP, LARGE, SMALL, Step, Trajectory
+
+Q = "5 a+5 b+6 c-2"  # reference: a 5 + 5 = 10 / b 10 + 6 = 16 / c 16 - 2 = 14 / Answer: 14
+
+
+def route(texts, esc=(), small_texts=None, confs=None, qid="q1"):
+    """A toy route: kept step texts, escalated indices, the discarded small proposals of escalated steps."""
+    small_texts = small_texts or {}
+    confs = confs or [0.95] * len(texts)
+    steps = [Step(index=i, text=t + "\n\n", model=LARGE if i in esc else SMALL,
+                  action=ESCALATE if i in esc else KEEP, confidence=confs[i], small_tokens=12,
+                  large_tokens=12 if i in esc else 0, small_text=small_texts.get(i)) for i, t in enumerate(texts)]
+    return Trajectory(qid, 0, "p", steps, correct=True)
+
+
+def test_reasoning_serialisation_holds_step_texts_writers_and_discarded_proposals():
+    t = route(["a 5 + 5 = 10", "b 10 + 6 = 16", "c 16 - 2 = 14", "Answer: 14"], esc=(1,),
+              small_texts={1: "b 10 + 6 = 17\n\n"}, confs=[0.95, 0.31, 0.99, 0.97])
+    out = serialize_trajectory(t, SerializeConfig(style="reasoning", max_chars=400))
+    lines = out.splitlines()
+    assert lines[0] == "n4 e1 L12 S48 f-"
+    assert lines[1:] == ["s9 a 5 + 5 = 10", "L3 b 10 + 6 = 16 | s: b 10 + 6 = 17", "s9 c 16 - 2 = 14",
+                         "s9 Answer: 14"]
+
+
+def test_judge_input_holds_the_problem_and_every_step_text():
+    tok = char_tokenizer()
+    ser = SerializeConfig(style="reasoning", max_chars=400, query_chars=64)
+    t = route(["a 5 + 5 = 11", "b 11 + 6 = 17", "c 17 - 2 = 15", "Answer: 15"])
+    enc = JudgeEncoder(tok, ser, use_rubric=True, max_criteria=6)
+    ids, pos, w = enc.encode(Q, checkpoint_rubric("q1", Q), t)
+    text = tok.decode(ids)
+    assert "Q:" + Q in text
+    for s in ("a 5 + 5 = 11", "b 11 + 6 = 17", "c 17 - 2 = 15", "Answer: 15"):
+        assert s in text
+    # one marker per checkpoint, each right after its criterion text
+    assert len(pos) == 3 and np.isclose(sum(w), 1.0)
+    for p, crit in zip(pos, ["a 5 + 5 = 10", "b 10 + 6 = 16", "c 16 - 2 = 14"]):
+        assert tok.decode(ids[:p + 1]).endswith(crit + " ?")
+
+
+def test_rubricor_problem_prompt_holds_the_problem_and_no_profile():
+    ser = SerializeConfig(query_chars=64)
+    text = PROMPTS["problem"](Q, "n4 9939", ser)
+    assert text.startswith(Q) and "9939" not in text
+    assert "9939" in PROMPTS["profile"](Q, "n4 9939", ser)
+
+
+def test_checkpoint_rubric_is_the_reference_solution_and_parses():
+    rub = checkpoint_rubric("q1", Q)
+    assert [c.text for c in rub.criteria] == ["a 5 + 5 = 10", "b 10 + 6 = 16", "c 16 - 2 = 14"]
+    parsed = parse_rubric(format_rubric(rub), "q1")
+    assert parsed.ok and [c.text for c in parsed.rubric.criteria] == [c.text for c in rub.criteria]
+    # unlabelled toy problems too; the last max_criteria steps are kept; non-toy queries have none
+    assert [c.text for c in checkpoint_rubric("q", "7 + 3 - 4 + 2", max_criteria=2).criteria] == \
+        ["10 - 4 = 6", "6 + 2 = 8"]
+    assert checkpoint_rubric("q", "What is 2 + 2?") is None
+    assert reference_steps("What is 2 + 2?") is None
+    # the registry: the checkpoint teacher falls back to the profile teacher for non-toy queries
+    assert set(TEACHERS) >= {"profile", "checkpoints"}
+    assert get_teacher("checkpoints")("q", Q, None).criteria[0].text == "a 5 + 5 = 10"
+    with pytest.raises(KeyError, match="unknown rubric teacher"):
+        get_teacher("nope")
+
+
+def test_oracle_process_score_equals_a_hand_computation():
+    queries = {"q1": Q}
+    clean = route(["a 5 + 5 = 10", "b 10 + 6 = 16", "c 16 - 2 = 14", "Answer: 14"])
+    # a lucky route: step a wrong and kept, repaired by the large model at step b: right answer, 3 of 4 steps
+    lucky = route(["a 5 + 5 = 11", "b 10 + 6 = 16", "c 16 - 2 = 14", "Answer: 14"], esc=(1,))
+    # wrong at b, then consistent with the wrong value: 1 of 4
+    wrong = route(["a 5 + 5 = 10", "b 10 + 6 = 17", "c 17 - 2 = 15", "Answer: 15"])
+    # stops after two right steps (max steps): 2 of 4; an empty step does not shift the positions
+    short = route(["a 5 + 5 = 10", "  ", "b 10 + 6 = 16"])
+    got = checkpoint_scores([clean, lucky, wrong, short], queries)
+    np.testing.assert_allclose(got, [1.0, 0.75, 0.25, 0.5])
+    with pytest.raises(ValueError, match="not a toy problem"):
+        checkpoint_scores([clean], {"q1": "What is 2 + 2?"})
+
+
+def test_toy_model_paths_resolve():
+    assert resolve_model_path("toy:large").endswith("assets/toy/large")
+    assert resolve_model_path("/some/folder") == "/some/folder"
+    with pytest.raises(FileNotFoundError):
+        resolve_model_path("toy:no-such-model")

@@ -1,0 +1,48 @@
+"""The toy worlds of the process-reward study: each generates, checks and grades its problems; the
+splits are disjoint; the shift where a world has one."""
+
+import pytest
+
+from roro_jax.config import load_config
+from roro_jax.tasks import grade, toy
+from roro_jax.worlds.variants import WORLDS, get_world
+
+
+@pytest.mark.parametrize("name", sorted(WORLDS))
+def test_world_generates_checks_and_grades_its_problems(name):
+    w = get_world(name)
+    train = w.problems("train", 60, seed=0)
+    val = w.problems("validation", 30, seed=0, skip=60)
+    test = w.problems("test", 60, seed=0)
+    assert {p.question for p in train}.isdisjoint({p.question for p in val})
+    assert {p.question for p in train + val}.isdisjoint({p.question for p in test})
+    for task, probs in ((w.train_task, train + val), (w.test_task, test)):
+        for p in probs:
+            assert task.min_ops <= p.meta["n_ops"] <= task.max_ops
+            assert toy.check_solution(p, p.solution).correct and grade(p.solution, p.answer)
+            steps = toy.split_steps(p.solution)
+            assert len(steps) <= w.max_steps
+            assert max(len(s) + 2 for s in steps) <= w.max_step_tokens  # a step and its separator fit
+            wrong = p.solution.replace(f"Answer: {p.answer}", f"Answer: {int(p.answer) + 1}")
+            assert not grade(wrong, p.answer) and not toy.check_solution(p, wrong).correct
+
+
+def test_lucky_world_shifts_to_longer_chains_and_control_does_not():
+    lucky, control, sparse = get_world("lucky"), get_world("control"), get_world("sparse")
+    assert lucky.test_task.min_ops > lucky.train_task.max_ops
+    assert control.train_task == control.test_task
+    assert sparse.train_task.min_ops >= 8
+
+
+def test_variant_is_a_config_key_validated_against_the_registry():
+    assert load_config(None, ["toy.variant=sparse"]).toy.variant == "sparse"
+    with pytest.raises(ValueError, match="toy.variant"):
+        load_config(None, ["toy.variant=nope"])
+
+
+def test_missing_model_folder_is_a_clear_error(monkeypatch, tmp_path):
+    import roro_jax.worlds.variants as V
+
+    monkeypatch.setattr(V, "toy_assets_dir", lambda: tmp_path)
+    with pytest.raises(FileNotFoundError, match="toy world 'lucky'"):
+        get_world("lucky").model_dir("large")
