@@ -91,8 +91,9 @@ def validate_batch(batch, minibatches: int, n_shards: int = 1) -> None:
             raise _shape_error(k, batch[k], f"[B, T] = [{B}, {T}] like batch['actions']")
     if tuple(np.shape(batch["advantages"])) != (B,):
         raise _shape_error("advantages", batch["advantages"], f"[B] = [{B}] (one per trajectory)")
-    if not jnp.issubdtype(getattr(actions, "dtype", np.asarray(actions).dtype), jnp.integer):
-        raise ValueError(f"batch['actions'] has dtype {actions.dtype}; actions are integers 0 (keep) / 1 (escalate)")
+    dtype = actions.dtype if hasattr(actions, "dtype") else np.asarray(actions).dtype  # never fetch device data
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"batch['actions'] has dtype {dtype}; actions are integers 0 (keep) / 1 (escalate)")
     if isinstance(actions, np.ndarray) and actions.size and not np.isin(actions, (0, 1)).all():
         bad = np.argwhere(~np.isin(actions, (0, 1)))[0].tolist()
         raise ValueError(f"batch['actions'] has {actions[tuple(bad)]} at index {bad}; actions are 0 (keep) or "
