@@ -25,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script (python benchmarks/NAME.py): import the checkout's roro_jax
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from roro_jax.benchmarking import annotate, machine, progress, summary_line  # noqa: E402
 
 
 def make_batch(pairs: int, length: int, vocab: int, k: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
@@ -136,7 +139,7 @@ def run(args) -> dict:
         jstep()
         tstep()
     tj, tt = [], []
-    for _ in range(args.repeats):
+    for _ in progress(range(args.repeats), "repeats"):
         t0 = time.perf_counter(); jstep(); tj.append(time.perf_counter() - t0)
         t0 = time.perf_counter(); tstep(); tt.append(time.perf_counter() - t0)
     mj, mt = statistics.median(tj), statistics.median(tt)
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    res = run(args)
+    start = machine()
+    res = annotate(run(args), start)
     if args.json:
         print(json.dumps(res))
     else:
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  JAX (jit, donated): {res['jax_pairs_per_s']:.1f} pairs/s ({res['jax_step_s'] * 1e3:.0f} ms/step)")
         print(f"  PyTorch eager:      {res['torch_pairs_per_s']:.1f} pairs/s ({res['torch_step_s'] * 1e3:.0f} ms/step)")
         print(f"  ratio JAX/PyTorch:  {res['ratio']:.2f}   (forward scores agree to {res['max_score_diff']:.1e})")
+        print(summary_line(res))
     return res
 
 

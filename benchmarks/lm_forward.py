@@ -34,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script (python benchmarks/NAME.py): import the checkout's roro_jax
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from roro_jax.benchmarking import annotate, machine, progress, summary_line  # noqa: E402
 
 PROMPTS = [
     "What is 17 times 23? Think step by step.",
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the accelerator's dense peak for --dtype, for MFU (default: known GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    start = machine()
 
     import jax
     import jax.numpy as jnp
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         compile_s = _timed(flax_score)
         torch_score()  # warm-up
         ft, tt = [], []
-        for r in range(args.repeats):
+        for r in progress(range(args.repeats), "scoring repeats"):
             ft.append(_timed(flax_score))
             tt.append(_timed(torch_score))
             log(f"scoring repeat {r}: flax {ft[-1]:.2f}s torch {tt[-1]:.2f}s")
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         compile_s = _timed(flax_sample)
         torch_sample()  # warm-up
         ft, tt = [], []
-        for r in range(args.repeats):
+        for r in progress(range(args.repeats), "sampling repeats"):
             ft.append(_timed(flax_sample))
             tt.append(_timed(torch_sample))
             log(f"sampling repeat {r}: flax {ft[-1]:.2f}s torch {tt[-1]:.2f}s")
@@ -228,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "flax_compile_s": compile_s, "flax_compiles": sampler.num_compiles}
         result["sampling_ratio"] = (new_counts["flax"] / f_med) / (new_counts["torch"] / t_med)
 
+    annotate(result, start)
     if args.json:
         print(json.dumps(result))
     else:
@@ -245,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"torch {sc['torch_mfu']:.3f}")
         if "sampling_ratio" in result:
             print(f"sampling_ratio (flax/torch): {result['sampling_ratio']:.2f}   target >= 1.5")
+        print(summary_line(result))
     return result
 
 

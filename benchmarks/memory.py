@@ -30,7 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script (python benchmarks/NAME.py): import the checkout's roro_jax
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from roro_jax.benchmarking import annotate, machine, progress, summary_line  # noqa: E402
 
 G, T, CHUNK_QUERIES = 8, 6, 128
 
@@ -138,7 +141,9 @@ def run_phase(phase: str, n: int, store_path: str) -> dict:
 def measure(phase: str, n: int, store_path: str | os.PathLike) -> dict:
     """Run one phase in a fresh subprocess; its result row (with ``peak_rss_mb``)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    r = subprocess.run([sys.executable, __file__, "--phase", phase, "--n", str(n), "--store", str(store_path)],
+    # as a module of its package when imported as one (an installed wheel: roro_jax.benchmarks.memory)
+    me = ["-m", f"{__package__}.memory"] if __package__ else [__file__]
+    r = subprocess.run([sys.executable, *me, "--phase", phase, "--n", str(n), "--store", str(store_path)],
                        capture_output=True, text=True, env=env, check=False)
     if r.returncode:
         raise RuntimeError(f"memory phase {phase} n={n} failed:\n{r.stderr[-3000:]}")
@@ -157,21 +162,23 @@ def main(argv=None) -> None:
         print(json.dumps(run_phase(args.phase, args.n, args.store)))
         return
     rows = []
+    start = machine()
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(measure("baseline", 0, Path(tmp) / "none.jsonl"))
-        for n in args.sizes:
+        for n in progress(args.sizes, "store sizes"):
             path = Path(tmp) / f"store_{n}.jsonl"
             for phase in ("collect", "train"):
                 rows.append(measure(phase, n, path))
                 if not args.json:
                     print(rows[-1], flush=True)
-    res = {"rows": rows, "machine": os.uname().machine, "cpus": os.cpu_count()}
+    res = annotate({"rows": rows, "arch": os.uname().machine, "cpus": os.cpu_count()}, start)
     if args.json:
         print(json.dumps(res))
         return
     print(f"{'phase':9} {'N':>8} {'peak RSS MB':>12} {'seconds':>8}")
     for r in rows:
         print(f"{r['phase']:9} {r['n']:8d} {r['peak_rss_mb']:12.1f} {r['seconds']:8.1f}")
+    print(summary_line(res))
 
 
 if __name__ == "__main__":

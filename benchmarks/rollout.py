@@ -31,7 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script (python benchmarks/NAME.py): import the checkout's roro_jax
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from roro_jax.benchmarking import annotate, machine, progress, summary_line  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- policy
@@ -257,7 +260,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    res = asyncio.run(bench(args))
+    start = machine()
+    res = annotate(asyncio.run(bench(args)), start)
     if args.json:
         print(json.dumps(res))
     else:
@@ -269,6 +273,7 @@ def main(argv=None) -> dict:
               f"{res['plain_tokens_per_s']:.0f} tok/s")
         print(f"  ratio routed/plain = {res['ratio']:.2f}  (target >= 0.8)")
         print(f"  time split: {json.dumps(res['time_split'])}")
+        print(summary_line(res))
     return res
 
 

@@ -7,8 +7,15 @@ steps processed per second of update (``B*T`` / seconds per update); ``ratio`` =
 medians of interleaved repeats. Also reported: achieved GFLOP/s of each side next to the machine's f32
 matmul throughput at the router's shapes, measured in the same run (the physical limit).
 
+``--mode`` measures a parallel mode of the update (``single``, ``shard_map``, ``pmap``, ``jit_sharded``) over
+``--devices`` devices (0 = all visible; on CPU simulate them with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``) against the same PyTorch baseline. The result
+records the CPU model, the core count and the load average (start and end); above the core count it
+carries ``warning``: ratios are unreliable then.
+
     python benchmarks/router_step.py            # table
     python benchmarks/router_step.py --json     # one JSON object (field ``ratio``)
+    roro bench router-step --mode shard_map     # the same, through the CLI
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script (python benchmarks/NAME.py): import the checkout's roro_jax
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from roro_jax.benchmarking import progress  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- data ---
@@ -51,16 +61,18 @@ def update_flops(B: int, T: int, F: int, hidden=(128, 128), epochs: int = 4) -> 
 
 
 # ---------------------------------------------------------------------------------------------- JAX ---
-def jax_runner(batch, F, hidden, epochs, minibatches, lr=3e-4):
+def jax_runner(batch, F, hidden, epochs, minibatches, lr=3e-4, mode="single", devices=0):
     import jax
 
     from roro_jax.config import load_config
     from roro_jax.rl.trainer import RouterLearner
 
     cfg = load_config(None, [f"grpo.epochs={epochs}", f"grpo.minibatches={minibatches}", f"grpo.lr={lr}",
-                             f"router.hidden=[{','.join(map(str, hidden))}]"])
+                             f"router.hidden=[{','.join(map(str, hidden))}]", f"parallel.mode={mode}",
+                             f"parallel.devices={devices}"])
     learner = RouterLearner(cfg, F)
-    dev_batch = jax.device_put(batch)
+    # single: the batch already on the device; parallel modes place (shard) it themselves, as in training
+    dev_batch = jax.device_put(batch) if mode == "single" else batch
     key = jax.random.PRNGKey(0)
 
     def run():
@@ -146,12 +158,13 @@ def matmul_peak(B: int, T: int, F: int, hidden, minibatches: int, repeats: int =
 
 
 # -------------------------------------------------------------------------------------------- main ---
-def measure(B, T, F, hidden, epochs, minibatches, repeats):
+def measure(B, T, F, hidden, epochs, minibatches, repeats, mode="single", devices=0, quiet=False):
     batch = make_batch(B, T, F)
-    jrun = jax_runner(batch, F, hidden, epochs, minibatches)
+    jrun = jax_runner(batch, F, hidden, epochs, minibatches, mode=mode, devices=devices)
     trun, threads = torch_runner(batch, F, hidden, epochs, minibatches)
     tj, tt = [], []
-    for _ in range(repeats):  # interleaved, so both sides see the same machine load
+    # interleaved, so both sides see the same machine load
+    for _ in progress(range(repeats), f"{B * T} routing steps ({mode})", disable=quiet):
         t0 = time.perf_counter(); jrun(); tj.append(time.perf_counter() - t0)
         t0 = time.perf_counter(); trun(); tt.append(time.perf_counter() - t0)
     steps = B * T
@@ -166,47 +179,63 @@ def measure(B, T, F, hidden, epochs, minibatches, repeats):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--trajectories", type=int, default=512)
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--features", type=int, default=32)
-    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--minibatches", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=15)
+    p = argparse.ArgumentParser(prog="roro bench router-step", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trajectories", type=int, default=512, help="trajectories per update of the default point")
+    p.add_argument("--steps", type=int, default=16, help="routing steps per trajectory")
+    p.add_argument("--features", type=int, default=32, help="router input features")
+    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="router hidden widths")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per update")
+    p.add_argument("--minibatches", type=int, default=4, help="minibatches per epoch")
+    p.add_argument("--repeats", type=int, default=15, help="interleaved timed repeats per side (medians)")
     p.add_argument("--sweep", type=int, nargs="*", default=[1024, 4096, 8192, 16384],
-                   help="routing-step counts for the batch-size sweep (trajectories = n / steps)")
-    p.add_argument("--json", action="store_true")
+                   help="routing-step counts for the batch-size sweep (trajectories = n / steps; none: no sweep)")
+    p.add_argument("--mode", choices=("single", "shard_map", "pmap", "jit_sharded"), default="single",
+                   help="parallel mode of the JAX update (parallel.mode)")
+    p.add_argument("--devices", type=int, default=0, help="devices of a parallel mode (0 = all visible)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
 
     import jax
 
+    from roro_jax.benchmarking import annotate, machine, summary_line
+
+    if args.mode != "single" and args.devices > jax.device_count():
+        p.error(f"--devices {args.devices}: only {jax.device_count()} devices are visible (on CPU simulate more "
+                f"with XLA_FLAGS=--xla_force_host_platform_device_count={args.devices})")
+    start = machine()
     T, F = args.steps, args.features
-    default = measure(args.trajectories, T, F, args.hidden, args.epochs, args.minibatches, args.repeats)
+    run = dict(hidden=args.hidden, epochs=args.epochs, minibatches=args.minibatches, repeats=args.repeats,
+               mode=args.mode, devices=args.devices)
+    default = measure(args.trajectories, T, F, **run)
     sweep = []
-    for n in args.sweep:
+    for n in progress(args.sweep, "sweep"):
         if n == args.trajectories * T:
             sweep.append(default)
             continue
-        sweep.append(measure(n // T, T, F, args.hidden, args.epochs, args.minibatches, args.repeats))
+        sweep.append(measure(n // T, T, F, **run))
     peak = matmul_peak(args.trajectories, T, F, args.hidden, args.minibatches)
+    n_dev = 1 if args.mode == "single" else (args.devices or jax.device_count())
     result = {
         "benchmark": "router_step", "ratio": default["ratio"], "default": default, "sweep": sweep,
-        "matmul_peak": peak, "devices": jax.device_count(), "backend": jax.default_backend(),
-        "jax": jax.__version__, "cpus": os.cpu_count(),
+        "matmul_peak": peak, "mode": args.mode, "devices": n_dev, "visible_devices": jax.device_count(),
+        "backend": jax.default_backend(), "jax": jax.__version__, "cpus": os.cpu_count(),
         "config": {"F": F, "hidden": args.hidden, "epochs": args.epochs, "minibatches": args.minibatches},
     }
+    annotate(result, start)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"router GRPO update, {args.epochs} epochs x {args.minibatches} minibatches, "
-              f"MLP {F}->{'->'.join(map(str, args.hidden))}->2, backend={result['backend']}")
+              f"MLP {F}->{'->'.join(map(str, args.hidden))}->2, backend={result['backend']}, "
+              f"mode={args.mode} on {n_dev} device(s)")
         print(f"{'steps':>7} {'JAX steps/s':>12} {'torch steps/s':>14} {'ratio':>6} {'JAX GF/s':>9} {'torch GF/s':>10}")
-        for r in sweep:
+        for r in sweep if default in sweep else [default, *sweep]:
             print(f"{r['routing_steps']:>7} {r['jax_steps_per_s']:>12.0f} {r['torch_steps_per_s']:>14.0f} "
                   f"{r['ratio']:>6.2f} {r['jax_gflops']:>9.1f} {r['torch_gflops']:>10.1f}")
         print(f"f32 matmul peak at {peak['shape']}: XLA {peak['xla_gflops']:.1f} GF/s, "
               f"torch {peak['torch_gflops']:.1f} GF/s")
+        print(summary_line(result))
     return result
 
 

@@ -107,7 +107,7 @@ def rubric_stage_from_files(cfg, trajectories_path, pairs_path, queries_path=Non
     from pathlib import Path
 
     from roro_jax.pairs import read_pairs
-    from roro_jax.store import TrajectoryStore
+    from roro_jax.store import read_trajectory_file
     from roro_jax.types import InputError
 
     for path in (trajectories_path, pairs_path, queries_path):
@@ -122,7 +122,7 @@ def rubric_stage_from_files(cfg, trajectories_path, pairs_path, queries_path=Non
         if not isinstance(queries, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in queries.items()):
             raise InputError(f"{queries_path}: must be a JSON object of query id -> query text (strings)")
-    trajs = list(TrajectoryStore(trajectories_path).iter())
+    trajs = read_trajectory_file(trajectories_path)  # unique keys, non-empty
     pairs = read_pairs(pairs_path)
     if not trajs or not pairs:
         raise InputError(f"roro rubric: {len(trajs)} trajectories in {trajectories_path}, {len(pairs)} pairs in "

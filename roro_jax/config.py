@@ -37,6 +37,15 @@ def _choice(default, *choices):
     return field(default=default, metadata={"choices": choices})
 
 
+def _at_least(default, lo, *, above: bool = False):
+    """A number that must be ``>= lo`` (``> lo`` with ``above``); for a list, every item."""
+    return field(default=default, metadata={"min": lo, "above": above})
+
+
+def _counts(default, lo=1):
+    return field(default_factory=lambda: list(default), metadata={"min": lo, "above": False})
+
+
 def _registry_choices(f: dataclasses.Field):
     """A field's allowed values: fixed ``choices``, or the names a ``registry`` holds at load time (so a
     name registered by user code is accepted)."""
@@ -50,27 +59,27 @@ def _registry_choices(f: dataclasses.Field):
 @dataclass
 class RouterConfig:
     features: str = _choice("logprob", "logprob", "prm")
-    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    hidden: list[int] = _counts([128, 128])
     activation: str = _choice("tanh", "tanh", "relu", "gelu", "silu")
     layer_norm: bool = False
-    topk: int = 5  # top-k log-probs per token the logprob family reads
+    topk: int = _at_least(5, 1)  # top-k log-probs per token the logprob family reads
 
 
 @dataclass
 class GRPOConfig:
-    group_size: int = 8
-    epochs: int = 4
-    minibatches: int = 4
-    lr: float = 3e-4
-    max_grad_norm: float = 1.0
-    clip_eps: float = 0.2
+    group_size: int = _at_least(8, 1)
+    epochs: int = _at_least(4, 1)
+    minibatches: int = _at_least(4, 1)
+    lr: float = _at_least(3e-4, 0.0, above=True)
+    max_grad_norm: float = _at_least(1.0, 0.0)
+    clip_eps: float = _at_least(0.2, 0.0)
     clip_eps_high: Optional[float] = None
-    beta: float = 0.0  # KL-to-reference weight
+    beta: float = _at_least(0.0, 0.0)  # KL-to-reference weight
     kl: str = _choice("k3", "k1", "k2", "k3", "exact")
     agg: str = _choice("token-mean", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-    entropy_coef: float = 0.0
+    entropy_coef: float = _at_least(0.0, 0.0)
     adv_scale: str = _choice("group", "group", "batch", "none")
-    adv_eps: float = 1e-6
+    adv_eps: float = _at_least(1e-6, 0.0)
 
 
 @dataclass
@@ -85,7 +94,7 @@ class RewardConfig:
 @dataclass
 class ParallelConfig:
     mode: str = _choice("single", "single", "shard_map", "pmap", "jit_sharded")
-    devices: int = 0  # 0 = all visible devices (with several processes: all devices of all processes)
+    devices: int = _at_least(0, 0)  # 0 = all visible devices (with several processes: all devices of all processes)
     # multi-process / multi-host (roro_jax.distributed); None = from RORO_COORDINATOR / RORO_NUM_PROCESSES /
     # RORO_PROCESS_ID, else one process. coordinator: "host:port" of process 0, or "auto" (cluster detection)
     coordinator: Optional[str] = None
@@ -96,23 +105,34 @@ class ParallelConfig:
 @dataclass
 class CheckpointConfig:
     dir: Optional[str] = None  # None = <out_dir>/checkpoints
-    every: int = 1
-    keep: int = 3
+    every: int = _at_least(1, 1)  # save after updates every, 2*every, ... (and after the last update)
+    keep: int = _at_least(3, 1)
+    # resume a run whose saved config (<out_dir>/config.yaml) differs in training keys (--allow-config-change)
+    allow_config_change: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    """Where the training scalars go besides ``<out_dir>/metrics.jsonl``."""
+
+    # also write every metrics row to TensorBoard (needs the extra: pip install 'roro_jax[tensorboard]')
+    tensorboard: bool = False
+    tensorboard_dir: Optional[str] = None  # None = <out_dir>/tensorboard
 
 
 @dataclass
 class TrainConfig:
-    updates: int = 50
-    log_every: int = 1
+    updates: int = _at_least(50, 0)
+    log_every: int = _at_least(1, 1)
 
 
 @dataclass
 class SyntheticConfig:
     """The built-in synthetic routing batch (`roro demo world=synthetic`, `configs/router_synthetic.yaml`)."""
 
-    queries: int = 64
-    steps: int = 16
-    features: int = 32
+    queries: int = _at_least(64, 1)
+    steps: int = _at_least(16, 1)
+    features: int = _at_least(32, 1)
 
 
 @dataclass
@@ -126,7 +146,7 @@ class ReplayConfig:
     outcome_rule: str = "last_writer"
     train_frac: float = 0.6
     split_seed: int = 0  # the train/test split of the episodes (fixed across training seeds)
-    queries_per_update: int = 32
+    queries_per_update: int = _at_least(32, 1)
 
 
 @dataclass
@@ -135,13 +155,13 @@ class ToyWorldConfig:
 
     # which toy world (roro_jax.worlds.variants): control (the shipped easy pair) | lucky | sparse
     variant: str = field(default="control", metadata={"registry": lambda: _toy_worlds()})
-    train_problems: int = 512  # pool of training problems (train split)
-    test_problems: int = 200  # held-out problems (test split) for evaluation
-    explore_problems: int = 96  # problems routed by the exploratory policies (stage 1: pairs)
-    queries_per_update: int = 16
+    train_problems: int = _at_least(512, 1)  # pool of training problems (train split)
+    test_problems: int = _at_least(200, 1)  # held-out problems (test split) for evaluation
+    explore_problems: int = _at_least(96, 1)  # problems routed by the exploratory policies (stage 1: pairs)
+    queries_per_update: int = _at_least(16, 1)
     problem_seed: int = 0
-    max_batch: int = 64  # Flax engine batch (the only compiled batch shape)
-    prompt_bucket: int = 64  # smallest prompt-length bucket (a toy prompt plus all its steps fits in 64 tokens)
+    max_batch: int = _at_least(64, 1)  # Flax engine batch (the only compiled batch shape)
+    prompt_bucket: int = _at_least(64, 1)  # smallest prompt-length bucket (a toy prompt plus all its steps fits in 64 tokens)
 
 
 @dataclass
@@ -152,9 +172,9 @@ class LiveWorldConfig:
     test_benchmark: Optional[str] = None  # None: the held-out part of ``benchmark``
     train_frac: float = 0.5
     split_seed: int = 0
-    explore_problems: int = 64  # training problems routed by the exploratory policies (and trained on)
-    test_problems: int = 0  # 0 = every held-out problem
-    queries_per_update: int = 16
+    explore_problems: int = _at_least(64, 1)  # training problems routed by the exploratory policies (and trained on)
+    test_problems: int = _at_least(0, 0)  # 0 = every held-out problem
+    queries_per_update: int = _at_least(16, 1)
     prompt_template: str = "{question}\n\n"  # str.format with the problem's fields (put a chat template here)
 
 
@@ -172,9 +192,9 @@ class EngineConfig:
     endpoints: list[str] = field(default_factory=list)
     tokenizer_path: Optional[str] = None
     n_params: Optional[float] = None
-    concurrency: int = 64
-    timeout: float = 120.0
-    max_retries: int = 4
+    concurrency: int = _at_least(64, 1)
+    timeout: float = _at_least(120.0, 0.0, above=True)
+    max_retries: int = _at_least(4, 0)
     backoff: float = 0.5
     max_backoff: float = 8.0
     extra_body: dict[str, Any] = field(default_factory=dict)
@@ -216,6 +236,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
@@ -239,6 +260,7 @@ def _where(key: str, layers) -> str:
 
 
 def _check_choices(obj: Any, layers, prefix: str = "") -> None:
+    """Allowed choices and lower bounds (``_choice`` / ``_at_least`` metadata), recursively."""
     if not dataclasses.is_dataclass(obj):
         return
     for f in dataclasses.fields(obj):
@@ -247,7 +269,24 @@ def _check_choices(obj: Any, layers, prefix: str = "") -> None:
         choices = _registry_choices(f)
         if choices and value not in choices:
             raise ConfigError(f"config key '{key}' ({_where(key, layers)}): {value!r} is not one of {list(choices)}")
+        lo = f.metadata.get("min")
+        if lo is not None and value is not None:
+            above = f.metadata.get("above", False)
+            for v in value if isinstance(value, list) else [value]:
+                if (v <= lo) if above else (v < lo):
+                    raise ConfigError(f"config key '{key}' ({_where(key, layers)}): {value!r}: must be "
+                                      f"{'>' if above else '>='} {lo:g}")
         _check_choices(value, layers, key + ".")
+
+
+def _list_hint(e: OmegaConfBaseException, key: str | None, layer) -> str:
+    """For a scalar given to a list key (``router.hidden=128``): how to write it as a list."""
+    if not key or "ListConfig" not in str(e):
+        return ""
+    value = OmegaConf.select(layer, key, default=None) if layer is not None else None
+    if value is None or isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return ""
+    return f" (a list: write {key}=[{value}])"
 
 
 def _wrap(e: OmegaConfBaseException, where: str, cfg=None, layer=None) -> ConfigError:
@@ -261,7 +300,7 @@ def _wrap(e: OmegaConfBaseException, where: str, cfg=None, layer=None) -> Config
                 break
     msg = str(e).splitlines()[0]
     head = f"config key '{key}'" if key else "config"
-    return ConfigError(f"{head} ({where}): {msg}")
+    return ConfigError(f"{head} ({where}): {msg}{_list_hint(e, key, layer)}")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema=Config):

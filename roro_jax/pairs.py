@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,11 +32,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .store import TrajectoryStore
+from .store import read_trajectory_file
 from .types import ESCALATE, InputError, PreferencePair, Trajectory, iter_jsonl
 
 KINDS = ("outcome", "cost", "process")
 COST_MEASURES = ("large_tokens", "large_share")
+
+
+class NoPairsWarning(UserWarning):
+    """A trajectory file gave no preference pair at all."""
 
 
 @dataclass(frozen=True)
@@ -366,9 +371,11 @@ _PAIR_FIELDS = {"query_id": "a string", "preferred": "a string", "rejected": "a 
 
 def read_pairs(path: str | os.PathLike) -> list[PreferencePair]:
     """Read pairs written by :func:`write_pairs`; a bad row raises :class:`~roro_jax.types.InputError`
-    (a ``ValueError``) naming file, line and field."""
+    (a ``ValueError``) naming file, line and field. The same two trajectories may form one pair only
+    (a second row for them, in either order, is an error naming both lines)."""
     required = ("query_id", "preferred", "rejected", "kind")
     out = []
+    first: dict[frozenset, int] = {}
     for lineno, row in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if not isinstance(row, dict):
@@ -387,6 +394,11 @@ def read_pairs(path: str | os.PathLike) -> list[PreferencePair]:
             raise InputError(f"{where}: kind must be one of {KINDS}, got {row['kind']!r}")
         if row["preferred"] == row["rejected"]:
             raise InputError(f"{where}: preferred and rejected are the same trajectory")
+        key = frozenset((row["preferred"], row["rejected"]))
+        if key in first:
+            raise InputError(f"{where}: duplicate pair of {row['preferred']!r} and {row['rejected']!r} "
+                             f"(first on line {first[key]})")
+        first[key] = lineno
         out.append(PreferencePair.from_dict(row))
     return out
 
@@ -396,12 +408,17 @@ def pairs_from_file(trajectories_path: str | os.PathLike, out_path: str | os.Pat
     """Read a trajectory JSONL file, build the pairs, write them as JSONL to ``out_path`` and the
     statistics as JSON next to it (``<out_path>.stats.json``).  Returns the statistics.
 
-    The file is read as a :class:`~roro_jax.store.TrajectoryStore`: a torn last line is skipped with a
-    warning; any other bad line raises :class:`~roro_jax.store.StoreCorruptError` naming file and line."""
-    if not Path(trajectories_path).is_file():
-        raise FileNotFoundError(f"trajectory file not found: {trajectories_path}")
-    trajs = list(TrajectoryStore(trajectories_path).iter())
+    The file is read by :func:`~roro_jax.store.read_trajectory_file`: a torn last line is skipped with a
+    warning; any other bad line, a key that appears twice, or a file with no trajectory raises
+    :class:`~roro_jax.store.StoreCorruptError` naming the file (and line). Zero pairs from a non-empty file
+    (e.g. every trajectory of a query has the same outcome and cost) is a :class:`NoPairsWarning`."""
+    trajs = read_trajectory_file(trajectories_path)
     pairs, stats = build_pairs_with_stats(trajs, cfg, seed)
+    if not pairs:
+        warnings.warn(f"{trajectories_path}: 0 preference pairs from {stats['trajectories']} trajectories of "
+                      f"{stats['queries']} queries ({stats['excluded_ungraded']} ungraded excluded): a pair needs two "
+                      "graded trajectories of one query that differ in outcome, cost or process quality",
+                      NoPairsWarning, stacklevel=2)
     out = write_pairs(out_path, pairs)
     stats_path = out.with_name(out.name + ".stats.json")
     stats_path.write_text(json.dumps(stats, indent=1) + "\n")

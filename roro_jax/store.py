@@ -46,7 +46,7 @@ from roro_jax.types import InputError, RecordError, Trajectory, check_trajectory
 
 Key = tuple[str, int, str]  # (query_id, sample_idx, policy_id)
 
-__all__ = ["DuplicateTrajectoryError", "Key", "StoreCorruptError", "TrajectoryStore", "key_of"]
+__all__ = ["DuplicateTrajectoryError", "Key", "StoreCorruptError", "TrajectoryStore", "key_of", "read_trajectory_file"]
 
 
 class StoreCorruptError(InputError):
@@ -112,6 +112,11 @@ class TrajectoryStore:
         A torn last line is skipped with a warning (the file is not modified). Any other bad line (see the
         module docstring) raises :class:`StoreCorruptError` naming ``path:line`` and the field.
         """
+        for _, rec in self._iter_numbered(as_dict):
+            yield rec
+
+    def _iter_numbered(self, as_dict: bool = False) -> Iterator[tuple[int, Trajectory | dict[str, Any]]]:
+        """:meth:`iter` with each record's line number."""
         if not self.path.exists():
             return
         with open(self.path, "rb") as f:
@@ -120,13 +125,13 @@ class TrajectoryStore:
             for line in f:
                 lineno += 1
                 if prev is not None:
-                    yield self._decode(prev[1], prev[0], as_dict, last=False)
+                    yield prev[0], self._decode(prev[1], prev[0], as_dict, last=False)
                 prev = (lineno, line)
             if prev is not None:
                 lineno, line = prev
                 rec = self._decode(line, lineno, as_dict, last=True)
                 if rec is not None:
-                    yield rec
+                    yield lineno, rec
 
     def __iter__(self) -> Iterator[Trajectory]:
         return self.iter()  # type: ignore[return-value]
@@ -360,3 +365,34 @@ class TrajectoryStore:
 
     def __repr__(self) -> str:
         return f"TrajectoryStore({str(self.path)!r})"
+
+
+def read_trajectory_file(path: str | os.PathLike, *, what: str = "trajectory file") -> list[Trajectory]:
+    """Every trajectory of a JSONL file that a user hands to a command (``roro pairs --trajectories``,
+    ``roro rubric --trajectories``), checked as a whole:
+
+    * a missing file is a :class:`FileNotFoundError` naming it;
+    * each line as :meth:`TrajectoryStore.iter` reads it (a torn last line is skipped with a warning, any
+      other bad line is a :class:`StoreCorruptError` naming ``file:line`` and the field);
+    * two records with the same key ``(query_id, sample_idx, policy_id)`` are a :class:`StoreCorruptError`
+      naming ``file:line`` of the second and the line of the first (a store never holds a key twice, so
+      the file was edited or concatenated by hand);
+    * a file with no trajectory (empty, or only a torn line) is a :class:`StoreCorruptError` saying so.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    store = TrajectoryStore(p)
+    first: dict[Key, int] = {}
+    out: list[Trajectory] = []
+    for lineno, t in store._iter_numbered():
+        k = key_of(t)  # type: ignore[arg-type]
+        if k in first:
+            raise StoreCorruptError(f"{p}:{lineno}: duplicate trajectory key (query_id, sample_idx, policy_id) = "
+                                    f"{k} (first on line {first[k]}); keep one record per key")
+        first[k] = lineno
+        out.append(t)  # type: ignore[arg-type]
+    if not out:
+        raise StoreCorruptError(f"{p}: {what} holds no trajectory (empty file); "
+                                "collect some with `roro collect` first")
+    return out

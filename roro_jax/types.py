@@ -162,13 +162,13 @@ class Rubric:
 # numbers that reach the jitted update (features, action_logp) and the confidences that rank steps must not
 # be NaN/inf. Strings must be valid Unicode (a lone surrogate such as "\ud800" cannot be UTF-8 encoded);
 # every other code point (NUL, RTL marks, emoji, combining characters) is data and round-trips unchanged.
-_STEP_KINDS = {"index": "int", "text": "str", "token_ids": "ints", "model": "str", "action": "action",
-               "action_logp": "num", "features": "nums", "small_tokens": "int", "large_tokens": "int",
+_STEP_KINDS = {"index": "count", "text": "str", "token_ids": "counts", "model": "str", "action": "action",
+               "action_logp": "num", "features": "nums", "small_tokens": "count", "large_tokens": "count",
                "small_text": "str?", "confidence": "num?", "prm_score": "num?", "finish_reason": "str?"}
-_TRAJ_KINDS = {"query_id": "str", "sample_idx": "int", "policy_id": "str", "steps": "steps",
+_TRAJ_KINDS = {"query_id": "str", "sample_idx": "count", "policy_id": "str", "steps": "steps",
                "answer_text": "str", "correct": "bool?", "correct_is_estimate": "bool", "seed": "int",
                "meta": "dict"}
-_NAMES = {"int": "an integer", "str": "a string", "bool": "true/false", "num": "a finite number",
+_NAMES = {"int": "an integer", "count": "a non-negative integer", "counts": "a list of non-negative integers", "str": "a string", "bool": "true/false", "num": "a finite number",
           "ints": "a list of integers", "nums": "a list of finite numbers", "dict": "a JSON object",
           "steps": "a list of step objects", "action": "0 (keep) or 1 (escalate)"}
 
@@ -194,7 +194,7 @@ def _check_str(v: str, name: str) -> None:
                           "is not valid Unicode") from None
 
 
-_CHECKS = {"int": _is_int, "num": _finite, "str": lambda v: isinstance(v, str),
+_CHECKS = {"int": _is_int, "count": lambda v: _is_int(v) and v >= 0, "num": _finite, "str": lambda v: isinstance(v, str),
            "bool": lambda v: isinstance(v, bool), "dict": lambda v: isinstance(v, dict),
            "action": lambda v: _is_int(v) and v in (KEEP, ESCALATE)}
 
@@ -203,7 +203,7 @@ def _check_value(v, kind: str, name: str) -> None:
     if v is None and kind.endswith("?"):
         return
     k = kind.rstrip("?")
-    if k in ("ints", "nums"):  # a list of int / num
+    if k in ("ints", "nums", "counts"):  # a list of int / num / count
         item_ok = _CHECKS[k[:-1]]
         if isinstance(v, list) and not all(map(item_ok, v)):
             i = next(i for i, x in enumerate(v) if not item_ok(x))
@@ -245,7 +245,9 @@ def check_trajectory_record(d) -> None:
     """Raise :class:`RecordError` naming the field unless ``d`` is a valid :class:`Trajectory` record.
 
     A record is a JSON object with the dataclass fields: ``query_id``/``sample_idx``/``policy_id``
-    required; no unknown fields; integers are integers (not strings, floats or booleans); ``action`` is 0
+    required; no unknown fields; integers are integers (not strings, floats or booleans), and the counts and
+    indices (``sample_idx``, a step's ``index``, ``small_tokens``, ``large_tokens``, ``token_ids``) are
+    non-negative, so costs cannot go wrong silently; ``action`` is 0
     or 1; ``features``, ``action_logp``, ``confidence`` and ``prm_score`` are finite numbers (JSON's
     ``NaN``/``Infinity`` are rejected); strings are valid Unicode. Zero steps, empty step text and long
     texts are valid.

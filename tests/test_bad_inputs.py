@@ -23,14 +23,15 @@ import pytest
 
 from roro_jax.cli import main
 from roro_jax.config import ConfigError, load_config
-from roro_jax.pairs import read_pairs
+from roro_jax.eval.report import report_from_file
+from roro_jax.pairs import NoPairsWarning, pairs_from_file, read_pairs
 from roro_jax.rl.advantages import group_advantages_jit
 from roro_jax.rl.rewards import compute_rewards
 from roro_jax.rollout import RolloutConfig
 from roro_jax.router.features import logprob_features
 from roro_jax.rubric.format import parse_rubric
 from roro_jax.rubric.serialize import SerializeConfig, serialize_trajectory
-from roro_jax.store import StoreCorruptError, TrajectoryStore
+from roro_jax.store import StoreCorruptError, TrajectoryStore, read_trajectory_file
 from roro_jax.types import InputError, RecordError, Step, Trajectory, pad_trajectories
 from roro_jax.worlds.replay import EpisodeFormatError, EpisodeWarning, load_episodes
 
@@ -41,6 +42,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------------------- loaders
 def load_trajectories(p: Path) -> list[Trajectory]:
     return list(TrajectoryStore(p).iter())
+
+
+def load_pairs_from_file(p: Path):
+    """What ``roro pairs --trajectories P --out ...`` runs (``pairs_from_file``), into a temporary folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        stats = pairs_from_file(p, Path(d) / "pairs.jsonl")
+        return stats, (Path(d) / "pairs.jsonl").read_text()
+
+
+def load_points_report(p: Path):
+    """What ``roro eval --points P --out DIR`` runs (``report_from_file``), into a temporary folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return report_from_file(p, d)
 
 
 def load_rewards(p: Path):
@@ -87,6 +105,13 @@ def _torn(trajs, warns, tmp):
 UNICODE = {"nul": "a\x00b", "rtl": "\u200fשלום\u202e 42 \u202c", "emoji": "👩\u200d👩\u200d👧 ok 🙂",
            "combining": "e\u0301 vs \u00e9, Z\u0335\u0321a\u0336l\u0337g\u0338o", "cjk": "二加二等于四",
            "bom": "\ufeffstart", "line_sep": "a\u2028b\u2029c", "crlf": "x\r\ny", "astral_math": "𝑥² + 𝑦² = 𝑧²"}
+
+
+def _no_pairs(res, warns, tmp):
+    stats, text = res
+    assert text == "" and stats["trajectories"] == 2 and stats["queries"] == 1
+    (w,) = [w for w in warns if issubclass(w.category, NoPairsWarning)]
+    assert "traj_no_pairs.jsonl: 0 preference pairs from 2 trajectories of 1 queries" in str(w.message)
 
 
 def _unicode(trajs, warns, tmp):
@@ -199,6 +224,18 @@ CASES: dict[str, tuple[Callable[[Path], Any], Raises | Handled]] = {
     "traj_empty_step_text.jsonl": (T, Handled(_empty_step_text)),
     "traj_over_max_steps.jsonl": (T, Handled(_over_max_steps)),
     "traj_long_step.jsonl": (T, Handled(_long_step)),
+    "traj_negative_tokens.jsonl": (T, Raises(S, ("field 'steps[1].large_tokens'", "non-negative integer", "-12"),
+                                             line=2)),
+    "traj_negative_small_tokens.jsonl": (T, Raises(S, ("field 'steps[0].small_tokens'", "non-negative", "-3"),
+                                                   line=2)),
+    "traj_negative_token_id.jsonl": (T, Raises(S, ("field 'steps[0].token_ids[1]'", "non-negative", "-4"), line=2)),
+    "traj_negative_sample_idx.jsonl": (T, Raises(S, ("field 'sample_idx'", "non-negative", "-1"), line=2)),
+    # trajectory files handed to a command as a whole (roro pairs / roro rubric --trajectories)
+    "traj_duplicate_key.jsonl": (read_trajectory_file, Raises(S, ("duplicate trajectory key", "('q1', 0, 'srm')",
+                                                                  "first on line 1"), line=3)),
+    "traj_empty.jsonl": (read_trajectory_file, Raises(S, ("holds no trajectory", "empty file"))),
+    "traj_only_torn_line.jsonl": (read_trajectory_file, Raises(S, ("holds no trajectory",))),
+    "traj_no_pairs.jsonl": (load_pairs_from_file, Handled(_no_pairs)),
     # rewards and advantages
     "rewards_nan_outcome.json": (load_rewards, Handled(_nan_outcome)),
     "rewards_inf_term.json": (load_rewards, Raises(ValueError, ("reward term 'cost'", "index 1"), names_file=False)),
@@ -220,6 +257,10 @@ CASES: dict[str, tuple[Callable[[Path], Any], Raises | Handled]] = {
     "config_top_level_list.yaml": (load_config, Raises(ConfigError, ("top level must be a mapping",))),
     "config_yaml_syntax.yaml": (load_config, Raises(ConfigError, ("line 1",))),
     "config_binary.yaml": (load_config, Raises(ConfigError, ("control characters",))),
+    "config_negative_count.yaml": (load_config, Raises(ConfigError, ("config key 'grpo.group_size'", "-4",
+                                                                     "must be >= 1"))),
+    "config_scalar_for_list.yaml": (load_config, Raises(ConfigError, ("config key 'router.hidden'",
+                                                                      "write router.hidden=[128]"))),
     # pairs JSONL
     "pairs_malformed_line.jsonl": (read_pairs, Raises(InputError, ("malformed JSON",), line=2)),
     "pairs_missing_field.jsonl": (read_pairs, Raises(InputError, ("missing field(s) ['kind']",), line=2)),
@@ -228,6 +269,10 @@ CASES: dict[str, tuple[Callable[[Path], Any], Raises | Handled]] = {
     "pairs_nan_margin.jsonl": (read_pairs, Raises(InputError, ("field 'margin'", "finite"), line=2)),
     "pairs_same_trajectory.jsonl": (read_pairs, Raises(InputError, ("same trajectory",), line=2)),
     "pairs_not_object.jsonl": (read_pairs, Raises(InputError, ("must be a JSON object",), line=2)),
+    "pairs_duplicate.jsonl": (read_pairs, Raises(InputError, ("duplicate pair", "first on line 1"), line=3)),
+    # point records (roro eval --points)
+    "points_empty.jsonl": (load_points_report, Raises(InputError, ("no point records", "empty file"))),
+    "points_no_srm.jsonl": (load_points_report, Raises(InputError, ("role='srm'", "found 0"))),
     # rubric text
     "rubric_garbage.bin": (load_rubric_bytes, Handled(_rubric_garbage)),
     "rubric_no_criteria.txt": (load_rubric, Handled(_rubric_rejected("line 1 is not"))),
@@ -357,12 +402,22 @@ def test_cli_subprocess_bad_trajectories_one_line_no_traceback(tmp_path):
      "no_such_file.jsonl does not exist"),
     (["rubric", "--trajectories", str(BAD / "traj_zero_steps.jsonl"), "--pairs", str(BAD / "pairs_bad_kind.jsonl"),
       "--queries", str(BAD / "config_yaml_syntax.yaml")], "not a JSON object of query id -> query text"),
+    (["pairs", "--trajectories", str(BAD / "traj_negative_tokens.jsonl")],
+     "traj_negative_tokens.jsonl:2: not a trajectory record: field 'steps[1].large_tokens'"),
+    (["pairs", "--trajectories", str(BAD / "traj_duplicate_key.jsonl")],
+     "traj_duplicate_key.jsonl:3: duplicate trajectory key"),
+    (["pairs", "--trajectories", str(BAD / "traj_empty.jsonl")], "traj_empty.jsonl: trajectory file holds no"),
+    (["rubric", "--trajectories", str(BAD / "traj_duplicate_key.jsonl"), "--pairs", str(BAD / "pairs_bad_kind.jsonl")],
+     "traj_duplicate_key.jsonl:3: duplicate trajectory key"),
+    (["eval", "--points", str(BAD / "points_empty.jsonl"), "--out", "REPORT"], "points_empty.jsonl: no point records"),
+    (["config", "-c", str(BAD / "config_negative_count.yaml")], "'grpo.group_size'"),
     (["config", "-c", str(BAD / "config_bad_choice.yaml")], "config_bad_choice.yaml"),
     (["config", "-c", str(BAD / "config_yaml_syntax.yaml")], "config_yaml_syntax.yaml"),
 ])
 def test_cli_in_process_bad_input_exits_2_with_one_line(argv, says, tmp_path, capsys):
     if argv[0] == "pairs":
         argv = [*argv, "--out", str(tmp_path / "p.jsonl")]
+    argv = [str(tmp_path / "report") if a == "REPORT" else a for a in argv]
     assert main([*argv, f"out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("roro:")]
@@ -411,3 +466,13 @@ def test_cli_replay_inputs_checked_before_training(overrides, says, tmp_path, ca
     lines = [ln for ln in err.splitlines() if ln.startswith("roro:")]
     assert len(lines) == 1 and lines[0].startswith("roro: error: ") and says in lines[0], err
     assert not list(tmp_path.glob("router_lc*")), "a router trained before the inputs were checked"
+
+
+def test_cli_zero_pairs_is_a_warning_line(tmp_path, capsys):
+    """A trajectory file that yields no pair: exit 0, an empty pairs file and one ``roro: warning:`` line."""
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", "--trajectories", str(BAD / "traj_no_pairs.jsonl"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("roro:")]
+    assert len(lines) == 1 and lines[0].startswith("roro: warning: ") and "0 preference pairs" in lines[0], err
+    assert out.read_text() == ""

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -29,11 +30,33 @@ def test_bench_router_step_json():
     """`roro bench router-step --json` prints one JSON object with the ratio field (tiny sizes)."""
     out = subprocess.run([sys.executable, "-m", "roro_jax.cli", "bench", "router-step", "--json",
                           "--trajectories", "32", "--steps", "8", "--repeats", "2", "--sweep"],
-                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=1500)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ratio"] > 0 and res["default"]["routing_steps"] == 256
     assert res["matmul_peak"]["xla_gflops"] > 0
+    m = res["machine"]  # CPU model, cores, load average at start and end; a warning when the load > cores
+    assert m["cpu_model"] and m["cores"] >= 1 and len(m["load_avg"]) == 3 and len(m["load_avg_end"]) == 3
+    busy = max(m["load_avg"][0], m["load_avg_end"][0]) > m["cores"]
+    assert ("warning" in res) == busy and (not busy or "ratios are unreliable" in out.stderr)
+    assert "256 routing steps" in out.stderr  # the progress bar
+
+
+def test_bench_router_step_parallel_mode():
+    """`roro bench router-step --mode shard_map --devices 4` measures the data-parallel update."""
+    out = subprocess.run([sys.executable, "-m", "roro_jax.cli", "bench", "router-step", "--mode", "shard_map",
+                          "--devices", "4", "--trajectories", "32", "--steps", "8", "--repeats", "1", "--sweep"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=1500)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mode=shard_map on 4 device(s)" in out.stdout and "load average" in out.stdout
+
+
+def test_load_warning_above_the_core_count():
+    from roro_jax.benchmarking import load_warning
+
+    assert load_warning([[1.5, 1.0, 1.0], [2.0, 1.0, 1.0]], 2) is None
+    assert "load average 2.50 > 2 cores" in load_warning([[1.5, 1.0, 1.0], [2.5, 1.0, 1.0]], 2)
+    assert load_warning([None, None], 2) is None
 
 
 def test_collect_pairs_rubric_commands_chain(tmp_path, capsys):
@@ -79,3 +102,47 @@ def test_router_command_on_the_toy_world_with_process_reward(tmp_path, capsys):
     assert [r["update"] for r in log] == [1, 2] and all("reward/process" in r for r in log)
     assert (tmp_path / "rubric" / "gate.jsonl").exists()
     assert "update 2" in capsys.readouterr().out
+
+
+def test_demo_without_c_runs_what_make_demo_runs(monkeypatch, tmp_path):
+    """`roro demo` (no -c) hands the demo the shipped configs/demo.yaml, the Makefile's CONFIG for `make demo`
+    (it used to run the synthetic world). The pipeline itself runs in tests/test_readme.py."""
+    import re
+
+    import pipelines.demo as demo
+    from roro_jax.config import load_config
+
+    make = (REPO_ROOT / "Makefile").read_text()
+    assert re.search(r"^CONFIG \?= configs/demo\.yaml$", make, re.M) and "roro demo -c $(CONFIG)" in make
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda cfg, quick=False: seen.append(cfg))
+    assert main(["demo", f"out_dir={tmp_path}"]) == 0
+    assert seen == [load_config(REPO_ROOT / "configs/demo.yaml", [f"out_dir={tmp_path}"])]
+    assert seen[0].world == "toy"
+
+
+def test_installed_wheel_ships_configs_and_benchmarks(tmp_path):
+    """Built as a wheel and installed outside the checkout: `roro config -c configs/demo.yaml` and `roro bench
+    router-step` work from a folder with no configs/ or benchmarks/ (they ship as roro_jax.configs / .benchmarks)."""
+    wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-build-isolation", "--no-deps", "-w", str(wheels), str(REPO_ROOT)],
+                   check=True, cwd=tmp_path, timeout=600, capture_output=True)
+    (whl,) = wheels.glob("roro_jax-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(whl)], check=True, timeout=600,
+                   capture_output=True)
+    assert (site / "roro_jax" / "configs" / "demo.yaml").is_file() and not (site / "roro_jax" / "configs").is_symlink()
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(site)}
+
+    def roro(*args):
+        return subprocess.run([sys.executable, "-m", "roro_jax.cli", *args], capture_output=True, text=True,
+                              cwd=work, env=env, timeout=900)
+
+    out = roro("config", "-c", "configs/demo.yaml")
+    assert out.returncode == 0 and "world: toy" in out.stdout, out.stderr
+    out = roro("bench", "router-step", "--json", "--trajectories", "32", "--steps", "8", "--repeats", "1", "--sweep")
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["ratio"] > 0 and res["machine"]["cores"] >= 1 and res["machine"]["cpu_model"]
+    assert roro("bench", "router-step", "--help").returncode == 0

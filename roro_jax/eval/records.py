@@ -49,6 +49,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from roro_jax.types import InputError
+
 ROLES = ("srm", "lrm", "method")
 _ARRAYS = ("correct", "large_tokens", "total_tokens")
 
@@ -184,7 +186,8 @@ def write_points(path: str | os.PathLike, points: Iterable[CurvePoint]) -> Path:
 
 
 def read_points(path: str | os.PathLike) -> list[CurvePoint]:
-    """Read records written by :func:`write_points`; errors name the file and line."""
+    """Read records written by :func:`write_points`; errors (:class:`~roro_jax.types.InputError`, a
+    ``ValueError``) name the file and line. A file with no record is an error too."""
     out = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -193,9 +196,11 @@ def read_points(path: str | os.PathLike) -> list[CurvePoint]:
             try:
                 out.append(CurvePoint.from_dict(json.loads(line)))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
             except (TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
+                raise InputError(f"{path}:{lineno}: {e}") from None
+    if not out:
+        raise InputError(f"{path}: no point records (empty file)")
     return out
 
 

@@ -21,6 +21,7 @@ from .bootstrap import bootstrap_curve
 from .config import EvalConfig
 from .metrics import _delta_ibc_unchecked, curve_summary, pareto_front
 from .records import CurvePoint, endpoints, group_by_method, read_points, write_points
+from roro_jax.types import InputError
 
 POINTS_FILE = "points.jsonl"
 
@@ -237,5 +238,11 @@ def write_report(points: Sequence[CurvePoint], out_dir: str | os.PathLike,
 
 def report_from_file(points_path: str | os.PathLike, out_dir: str | os.PathLike,
                      cfg: EvalConfig | None = None) -> dict[str, Path]:
-    """Re-read a points file written by the eval pipeline and write the report folder."""
-    return write_report(read_points(points_path), out_dir, cfg)
+    """Re-read a points file written by the eval pipeline and write the report folder. A file without
+    exactly one SRM-only and one LRM-only record is an :class:`~roro_jax.types.InputError` naming it."""
+    points = read_points(points_path)
+    try:
+        endpoints(points)
+    except ValueError as e:
+        raise InputError(f"{points_path}: {e}") from None
+    return write_report(points, out_dir, cfg)

@@ -314,16 +314,28 @@ class Sampler:
         return self._texts
 
     def _encode(self, prompt) -> list[int]:
+        """Token ids of one prompt. Text is encoded as ``tokenizer.encode(text)`` (special tokens such as
+        BOS added, as :meth:`FlaxEngine.encode` and the toy models' training do), so a text prompt and its
+        ``tokenizer.encode`` ids give the same tokens."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("text prompts need a tokenizer (pass one to Sampler)")
-            return list(self.tokenizer.encode(prompt, add_special_tokens=False))
-        return [int(i) for i in prompt]
+            return [int(i) for i in self.tokenizer.encode(prompt)]
+        ids = np.asarray(prompt)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise ValueError(f"a prompt is text or a 1-D sequence of integer token ids, got an array of shape "
+                             f"{ids.shape} and dtype {ids.dtype}")
+        return [int(i) for i in ids]
 
-    def generate(self, prompts: Sequence[Sequence[int] | str],
+    def generate(self, prompts: Sequence[Sequence[int] | str] | np.ndarray,
                  params: SamplingParams | Sequence[SamplingParams] = SamplingParams()) -> list[Completion]:
-        """Generate for every prompt (token ids or text); ``params`` is shared or one per prompt."""
-        if not prompts:
+        """Generate for every prompt; ``params`` is shared or one per prompt.
+
+        ``prompts``: a list of texts (encoded with ``tokenizer.encode``, BOS included) or of token-id
+        sequences, or a 2-D integer array ``[n_prompts, length]`` (one prompt per row)."""
+        if isinstance(prompts, str):
+            raise ValueError("prompts is a list of prompts; wrap a single text prompt in a list")
+        if len(prompts) == 0:
             return []
         ids = [self._encode(p) for p in prompts]
         if any(len(x) == 0 for x in ids):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from roro_jax.models.decoder import Decoder
@@ -23,6 +24,20 @@ def _chunk_logprobs(model: Decoder, hidden: jax.Array, targets: jax.Array, tempe
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def _check_token_ids(tokens, vocab: int) -> None:
+    """Integer ids in ``[0, vocab)``: the dtype always; the values when ``tokens`` are concrete (an eager
+    call; inside ``jit`` they are tracers and the caller's inputs were checked where they were made).
+    Out-of-range ids would otherwise be clamped or filled silently by the gathers."""
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
+    if isinstance(tokens, jax.core.Tracer):
+        return
+    t = np.asarray(tokens)
+    if t.size and (t.min() < 0 or t.max() >= vocab):
+        bad = np.argwhere((t < 0) | (t >= vocab))[0].tolist()
+        raise ValueError(f"token id {t[tuple(bad)]} at index {bad} is outside the vocabulary [0, {vocab})")
+
+
 def token_logprobs(model: Decoder, tokens: jax.Array, mask: jax.Array | None = None, *,
                    temperature: float = 1.0, chunk: int = 128) -> jax.Array:
     """Log-probability of every token given the ones before it: [B, T] float32.
@@ -33,6 +48,7 @@ def token_logprobs(model: Decoder, tokens: jax.Array, mask: jax.Array | None = N
     the vocabulary at once. Pure and differentiable; jit it with ``nnx.jit`` or after ``nnx.split``.
     """
     chex.assert_rank(tokens, 2)
+    _check_token_ids(tokens, model.config.vocab_size)
     if mask is None:
         mask = jnp.ones(tokens.shape, bool)
     chex.assert_equal_shape([tokens, mask])

@@ -1,1 +1,23 @@
-"""rl."""
+"""Reinforcement learning for the router (and the LM parts that reuse it): rewards, advantages, losses,
+the jitted update, the training loop, checkpoints and the run folder. Nothing here knows about text.
+
+Modules (import what you need; nothing is re-exported here):
+
+- :mod:`~roro_jax.rl.rewards`: the reward-term registry (``outcome``, ``cost``, ``process``,
+  ``escalations``; ``register_reward``) and ``compute_rewards`` (``sum_then_normalize`` /
+  ``normalize_then_sum``).
+- :mod:`~roro_jax.rl.advantages`: ``group_advantages(rewards, group_size, *, scale, eps, ddof)``
+  (GRPO's group-normalised advantages; NaN rewards give 0).
+- :mod:`~roro_jax.rl.losses`: ``policy_loss`` (clipped ratio, asymmetric clip, k1/k2/k3/exact KL, three
+  aggregations), ``bernoulli_kl``, ``bernoulli_entropy``, ``bradley_terry_loss``, the KL registry.
+- :mod:`~roro_jax.rl.update`: ``make_update``: one jitted ``update(state, batch, rng)`` running epochs ×
+  minibatches in ``lax.scan`` with donated state, in the ``single``, ``shard_map``, ``pmap`` and
+  ``jit_sharded`` modes; ``validate_batch``.
+- :mod:`~roro_jax.rl.trainer`: ``RouterLearner`` (graph, state, update, checkpoints) and ``run_training``,
+  the online GRPO loop every world shares.
+- :mod:`~roro_jax.rl.checkpoint`: orbax checkpoints (every k, keep N, atomic, SHA-256 verified, fallback
+  to an older step, a clear error when shapes do not fit).
+- :mod:`~roro_jax.rl.run_dir`: the run folder's saved ``config.yaml`` and which keys a resume may change.
+- :mod:`~roro_jax.rl.metrics_log`: ``metrics.jsonl`` rows and the optional TensorBoard writer.
+- :mod:`~roro_jax.rl.stream`: training over a trajectory store of any size, group by group.
+"""

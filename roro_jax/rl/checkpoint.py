@@ -35,6 +35,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from roro_jax.types import InputError
+
 DIGEST_KEY = "_sha256"
 
 
@@ -44,6 +46,53 @@ class CheckpointFallbackWarning(UserWarning):
 
 class CheckpointRestoreError(RuntimeError):
     """No checkpoint step in the directory could be restored."""
+
+
+class CheckpointMismatchError(InputError):
+    """The checkpoint's parameters do not have the shapes the current config builds (a user mistake:
+    another ``router.hidden`` / feature width in the same ``out_dir``); one line naming the parameter."""
+
+
+def _name(path) -> str:
+    parts = []
+    for k in path:
+        v = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+        if str(v) != "value":  # nnx.Param's inner field
+            parts.append(str(v))
+    return "/".join(parts)
+
+
+def param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{"layers/0/kernel": shape, ...}`` for a params pytree (arrays, ``ShapeDtypeStruct``s or orbax
+    array metadata)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {_name(p): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
+
+
+def saved_param_shapes(directory: str | Path, step: int) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes stored in checkpoint ``step`` (read from orbax's metadata; no arrays read)."""
+    meta = ocp.StandardCheckpointer().metadata(Path(directory) / str(step) / "state")
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    return param_shapes(tree["params"])
+
+
+def check_param_shapes(directory: str | Path, step: int, target_params: Any, what: str = "the current config"
+                       ) -> None:
+    """Raise :class:`CheckpointMismatchError` naming the first parameter whose saved shape (or presence)
+    differs from ``target_params`` (arrays or ``jax.eval_shape`` structs)."""
+    saved, want = saved_param_shapes(directory, step), param_shapes(target_params)
+    for name in sorted(set(saved) | set(want)):
+        a, b = saved.get(name), want.get(name)
+        if a != b:
+            head = f"checkpoint step {step} in {directory} does not fit {what}: parameter '{name}' "
+            if a is None or b is None:
+                body = "exists only under the current config" if a is None else "exists only in the checkpoint"
+            else:
+                body = f"has shape {a} in the checkpoint but {b} under the current config"
+            raise CheckpointMismatchError(head + body + " (router.hidden / router.features / the feature width "
+                                          "changed?); pass --fresh to start over in this out_dir (deletes its "
+                                          "checkpoints), or use another out_dir")
 
 
 def state_digest(state: Any, meta: dict) -> str | None:
@@ -71,19 +120,21 @@ def _short(e: BaseException, limit: int = 300) -> str:
 class Checkpointer:
     def __init__(self, directory: str | Path, every: int = 1, keep: int = 3):
         self.directory = Path(directory).absolute()
+        self.every = max(every, 1)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1), create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def maybe_save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
-        """Save when ``step`` is on the interval (or ``force``); returns whether it saved."""
-        if not (force or self.manager.should_save(step)):
+        """Save when ``step`` is a multiple of ``every`` (``every=10``: steps 10, 20, ...; orbax alone also
+        saves the first step it sees) or when ``force``; returns whether it saved."""
+        if not (force or step % self.every == 0):
             return False
         meta = dict(meta or {})
         digest = state_digest(state, meta)
         if digest is not None:
             meta[DIGEST_KEY] = digest
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        return self.manager.save(step, args=args, force=force)
+        return self.manager.save(step, args=args, force=True)  # the interval was decided above
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -100,6 +151,14 @@ class Checkpointer:
         steps = sorted(self.all_steps(), reverse=True) if step is None else [step]
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        params = getattr(target_state, "params", None)
+        if params is not None:
+            try:
+                check_param_shapes(self.directory, steps[0], params)
+            except CheckpointMismatchError:
+                raise
+            except Exception:  # noqa: BLE001 - unreadable metadata: a corrupt step, handled by the fallback below
+                pass
         failures: list[tuple[int, str]] = []
         for s in steps:
             try:

@@ -57,8 +57,8 @@ class RouterLearner:
         self.tx = make_optimizer(cfg.grpo.lr, cfg.grpo.max_grad_norm)
         self.state = init_state(params, self.tx)
         mode = cfg.parallel.mode
-        self.mesh = make_mesh(cfg.parallel.devices) if mode in ("shard_map", "jit_sharded") else None
-        if self.mesh is not None:  # replicated on the mesh from the start (global when it spans processes)
+        self.mesh = make_mesh(cfg.parallel.devices) if mode in ("shard_map", "jit_sharded", "pmap") else None
+        if mode != "pmap" and self.mesh is not None:  # replicated on the mesh from the start (global over processes)
             self.state = distributed.to_global(self.state, NamedSharding(self.mesh, P()))
         self._update = make_update(self.graphdef, self.tx, cfg.grpo, mode=mode, mesh=self.mesh)
         self._logits = jax.jit(self.apply)
@@ -148,41 +148,73 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     Update ``k`` draws its randomness from ``fold_in(PRNGKey(seed), k)``, so a run resumed from a
     checkpoint at update ``k`` continues exactly as the uninterrupted run would. A corrupt or partial
     newest checkpoint is skipped with a ``CheckpointFallbackWarning`` and set aside (see
-    ``roro_jax.rl.checkpoint``); the run resumes from the newest step that verifies. Metrics go to
-    ``<out_dir>/metrics.jsonl`` (one line per update; lines after the restored checkpoint are dropped
-    on resume, so the log has no duplicates and no gaps). Returns the history of this call.
+    ``roro_jax.rl.checkpoint``); the run resumes from the newest step that verifies.
+
+    The run folder ``out_dir`` holds ``config.yaml`` (the resolved config; resuming with a config that
+    differs in a training key is a ``ConfigError`` listing the keys, see :mod:`roro_jax.rl.run_dir`),
+    ``checkpoints/`` (after updates ``checkpoint.every``, ``2 * every``, ... and the last one) and
+    ``metrics.jsonl``: one line per update with ``time``, ``wall_s``, ``step_s``, ``devices`` and ``mode``
+    besides the diagnostics and losses (see :mod:`roro_jax.rl.metrics_log`; TensorBoard too with
+    ``logging.tensorboard=true``). Lines after the restored checkpoint are dropped on resume, so the log has
+    no duplicates and no gaps; the first line of a resumed run carries ``resumed_from``. A resumed run says
+    where it resumed; a finished run says so and prints its last metrics. Returns the history of this call.
     """
     import json
+    import time
+    import warnings
     from pathlib import Path
 
     from tqdm.auto import tqdm
+
+    from roro_jax.rl.metrics_log import MetricsLog
+    from roro_jax.rl.run_dir import check_resume_config, save_run_config
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(cfg.checkpoint.dir or out / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.keep)
     start = 0
     if resume and ckpt.latest_step() is not None:
+        changes = check_resume_config(cfg, out)  # before restoring: a changed config is the likelier cause
+        if changes:
+            warnings.warn(f"{out}: resuming with a changed config (checkpoint.allow_config_change): "
+                          + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes), UserWarning, stacklevel=2)
         learner.restore(ckpt)  # newest step that restores; warns about corrupt newer ones
         start = learner.step
         ckpt.set_aside_newer(start)  # so that the resumed run can save those steps again
     elif not resume:
         ckpt.clear()  # a fresh run replaces the old run's checkpoints
+    save_run_config(cfg, out)
     log_path = out / "metrics.jsonl"
     kept = _log_lines_upto(log_path, start) if start and log_path.exists() else []
     log_path.write_text("".join(ln + "\n" for ln in kept))
+    if start >= cfg.train.updates:
+        last = json.loads(kept[-1]) if kept else {}
+        summary = ", ".join(f"{n} {last[n]:.3f}" for n in ("reward", "accuracy", "large_share", "loss") if n in last)
+        print(f"{desc}: {out} already finished ({start} of {cfg.train.updates} updates){': ' + summary if summary else ''}"
+              f". Raise train.updates to continue, or pass --fresh to start over.")
+        ckpt.close()
+        return []
+    if start:
+        print(f"{desc}: resuming {out} after update {start} of {cfg.train.updates} (checkpoint {ckpt.directory / str(start)})")
     key = jax.random.PRNGKey(cfg.seed)
     end = cfg.train.updates if stop_after is None else min(cfg.train.updates, start + stop_after)
+    devices = int(learner.mesh.devices.size) if learner.mesh is not None else 1
     history = []
     bar = tqdm(range(start, end), desc=desc, disable=not progress, initial=start, total=cfg.train.updates)
-    with log_path.open("a") as log:
+    t_run = time.perf_counter()
+    with MetricsLog(log_path, cfg, start) as log:
         for k in bar:
+            t0 = time.perf_counter()
             kc, ku = jax.random.split(jax.random.fold_in(key, k))
             batch, info = collect(learner.params, kc, k)
             metrics = learner.update(batch, ku)
-            row = {"update": k + 1, **{n: float(v) for n, v in {**info, **metrics}.items()}}
+            row = {"update": k + 1, **{n: float(v) for n, v in {**info, **metrics}.items()}}  # float(): host sync
+            now = time.perf_counter()
+            row.update(time=time.time(), wall_s=now - t_run, step_s=now - t0, devices=devices, mode=cfg.parallel.mode)
+            if k == start and start:
+                row["resumed_from"] = start
             history.append(row)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+            log.write(row)
             bar.set_postfix({n: f"{row[n]:.3f}" for n in ("reward", "accuracy", "large_share") if n in row})
             learner.save(ckpt, {"update": k + 1}, force=(k + 1 == end))
     ckpt.close()

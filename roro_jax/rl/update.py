@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,14 +65,39 @@ def policy_logp(graphdef, params, features, actions):
     return action_logp_entropy(logits, actions)
 
 
+def _shape_error(key: str, x, expected: str) -> ValueError:
+    return ValueError(f"batch[{key!r}] has shape {tuple(np.shape(x))}, expected {expected}")
+
+
 def validate_batch(batch, minibatches: int, n_shards: int = 1) -> None:
+    """Check a routing batch before the jitted update; every error names the batch key.
+
+    Shapes: ``features`` [B, T, F], ``actions``/``old_logp``/``mask`` (and ``ref_logp``) [B, T],
+    ``advantages`` [B]; ``actions`` of an integer dtype. Host (numpy) inputs are also checked for values,
+    since that costs no device sync: actions in {0 (keep), 1 (escalate)}, floats finite. ``B`` must split
+    into ``minibatches`` minibatches whose size is a multiple of ``n_shards`` devices.
+    """
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise KeyError(f"batch is missing {missing}; needs {list(BATCH_KEYS)} (+ optional ref_logp)")
-    B, T = batch["actions"].shape
-    chex.assert_shape(batch["features"], (B, T, None))
-    chex.assert_shape([batch["old_logp"], batch["mask"]], (B, T))
-    chex.assert_shape(batch["advantages"], (B,))
+    actions = batch["actions"]
+    if np.ndim(actions) != 2:
+        raise _shape_error("actions", actions, "[B, T] (trajectories x routing steps)")
+    B, T = np.shape(actions)
+    if np.ndim(batch["features"]) != 3 or tuple(np.shape(batch["features"])[:2]) != (B, T):
+        raise _shape_error("features", batch["features"], f"[B, T, F] = [{B}, {T}, F] like batch['actions']")
+    for k in ("old_logp", "mask", "ref_logp"):
+        if k in batch and batch[k] is not None and tuple(np.shape(batch[k])) != (B, T):
+            raise _shape_error(k, batch[k], f"[B, T] = [{B}, {T}] like batch['actions']")
+    if tuple(np.shape(batch["advantages"])) != (B,):
+        raise _shape_error("advantages", batch["advantages"], f"[B] = [{B}] (one per trajectory)")
+    dtype = actions.dtype if hasattr(actions, "dtype") else np.asarray(actions).dtype  # never fetch device data
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"batch['actions'] has dtype {dtype}; actions are integers 0 (keep) / 1 (escalate)")
+    if isinstance(actions, np.ndarray) and actions.size and not np.isin(actions, (0, 1)).all():
+        bad = np.argwhere(~np.isin(actions, (0, 1)))[0].tolist()
+        raise ValueError(f"batch['actions'] has {actions[tuple(bad)]} at index {bad}; actions are 0 (keep) or "
+                         "1 (escalate)")
     if B % minibatches or (B // minibatches) % n_shards:
         raise ValueError(f"batch of {B} trajectories must split into {minibatches} minibatches whose size is a "
                          f"multiple of the {n_shards} devices")
@@ -140,8 +164,9 @@ def make_update(graphdef, tx, grpo_cfg, *, mode: str = "single", mesh: Mesh | No
 
     ``grpo_cfg`` supplies epochs, minibatches, clip_eps, clip_eps_high, beta, kl, agg, entropy_coef.
     For ``shard_map``/``jit_sharded`` pass a 1-D ``mesh`` with axis ``data`` (default: all devices);
-    the returned function places the batch itself. For ``pmap`` the batch is split across
-    ``jax.local_devices()`` by the returned function, and the state stays unreplicated for the caller.
+    the returned function places the batch itself. For ``pmap`` the batch is split across the devices of
+    ``mesh`` (default: ``jax.local_devices()``) by the returned function, and the state stays unreplicated
+    for the caller.
 
     When the mesh spans several processes, ``batch_contract`` says what each process passes:
     ``"global"`` the whole batch (the same on every process), ``"local"`` its own consecutive rows
@@ -201,7 +226,7 @@ def make_update(graphdef, tx, grpo_cfg, *, mode: str = "single", mesh: Mesh | No
         return update
 
     if mode == "pmap":
-        devices = jax.local_devices()
+        devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()
         n = len(devices)
         body = _body(graphdef, tx, loss_kw, E, K, DATA, n)
         fn = jax.pmap(body, axis_name=DATA, in_axes=(None, 0, None), out_axes=(None, None),

@@ -255,3 +255,30 @@ def test_gumbel_noise_is_a_function_of_key_and_token():
     if jax.config.jax_threefry_partitionable:  # then jax.random draws the very same noise
         want = jax.vmap(lambda k: jax.random.gumbel(jax.random.wrap_key_data(k), (500,)))(keys)
         np.testing.assert_array_equal(full, np.asarray(want))
+
+
+def test_text_prompts_get_the_same_tokens_as_tokenizer_encode():
+    """A text prompt is encoded as ``tokenizer.encode(text)`` (BOS included, as the shipped toy models were
+    trained and as ``FlaxEngine.encode`` does), so text and ids give the same prompt and the same greedy
+    completion; a 2-D integer numpy array is a batch of id prompts."""
+    from roro_jax.engines.flax_engine import FlaxEngine
+    from roro_jax.tasks import toy
+    from roro_jax.worlds.toy import load_toy_models, toy_heldout, toy_model_dir
+
+    (model, tok), _, _ = load_toy_models()
+    sampler = Sampler(model, tok)
+    texts = [toy.prompt_text(p) for p in toy_heldout(4)]
+    sp = SamplingParams(max_new_tokens=24, temperature=0.0)
+    from_text = sampler.generate(texts, sp)
+    from_ids = sampler.generate([tok.encode(t) for t in texts], sp)
+    engine = FlaxEngine(toy_model_dir("small"))
+    for t, a, b in zip(texts, from_text, from_ids):
+        assert a.prompt_ids == b.prompt_ids == tok.encode(t) == engine.encode(t)
+        assert a.prompt_ids[0] == tok.bos_token_id
+        assert a.token_ids == b.token_ids and a.text == b.text
+
+    ids = tok.encode(texts[0])
+    (arr,) = sampler.generate(np.array([ids]), sp)
+    assert arr.prompt_ids == ids and arr.token_ids == from_ids[0].token_ids
+    with pytest.raises(ValueError, match="integer token ids"):
+        sampler.generate([np.array([1.5, 2.0])], sp)

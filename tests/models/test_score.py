@@ -130,3 +130,20 @@ def test_fresh_model_trains_with_optax_via_split_merge():
     assert losses[-1] < 0.5 * losses[0]
     trained = nnx.merge(graphdef, params, rest)
     assert float(nnx.jit(_loss)(trained, ids)) < 0.5 * losses[0]
+
+
+def test_token_logprobs_rejects_ids_outside_the_vocabulary_and_float_tokens():
+    """Eager calls check the ids (an id >= vocab was silently gathered as a clamped/filled value); any call,
+    jitted too, checks the dtype."""
+    model = init_model(TINY, seed=0)
+    ok = jnp.array([[1, 5, 60]], jnp.int32)
+    assert token_logprobs(model, ok).shape == (1, 3)
+    with pytest.raises(ValueError, match=r"token id 61 at index \[0, 2\] is outside the vocabulary \[0, 61\)"):
+        token_logprobs(model, jnp.array([[1, 5, 61]], jnp.int32))
+    with pytest.raises(ValueError, match=r"token id -1"):
+        token_logprobs(model, np.array([[1, -1, 3]], np.int32))
+    with pytest.raises(ValueError, match="integer token ids, got dtype float32"):
+        token_logprobs(model, jnp.array([[1.0, 5.0]], jnp.float32))
+    with pytest.raises(ValueError, match="integer token ids"):
+        nnx.jit(token_logprobs)(model, jnp.array([[1.0, 5.0]], jnp.float32))
+    np.testing.assert_array_equal(nnx.jit(token_logprobs)(model, ok), token_logprobs(model, ok))

@@ -122,3 +122,41 @@ def test_non_finite_host_batch_rejected_before_the_jitted_update():
     batch["advantages"][3] = np.inf
     with pytest.raises(ValueError, match=r"batch\['advantages'\].*index \[3\]"):
         validate_batch(batch, 2)
+
+
+@pytest.mark.parametrize("mode", ["pmap", "shard_map", "jit_sharded"])
+def test_parallel_devices_is_honoured(mode, tmp_path):
+    """``parallel.devices=3`` uses 3 devices in every data-parallel mode (pmap used all 8 before): a batch of
+    48 trajectories in 4 minibatches of 12 splits over 3 devices, not over 8, and matches one device."""
+    small = BASE[1:] + ["synthetic.queries=6", "train.updates=2"]
+    ref, _ = train_router_synthetic(load_config(None, small + [f"out_dir={tmp_path / 'single'}"]), resume=False,
+                                    progress=False)
+    cfg = load_config(None, small + [f"out_dir={tmp_path / mode}", f"parallel.mode={mode}", "parallel.devices=3"])
+    learner, hist = train_router_synthetic(cfg, resume=False, progress=False)
+    assert learner.mesh.devices.size == 3
+    for a, b in zip(params_of(ref), params_of(learner)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def _batch(b=8, t=4, f=8):
+    return {"features": np.zeros((b, t, f), np.float32), "actions": np.zeros((b, t), np.int32),
+            "old_logp": np.zeros((b, t), np.float32), "mask": np.ones((b, t), np.float32),
+            "advantages": np.zeros(b, np.float32)}
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda b: b.__setitem__("actions", b["actions"] + 2), r"batch\['actions'\] has 2 at index \[0, 0\]"),
+    (lambda b: b.__setitem__("actions", b["actions"].astype(np.float32)), r"batch\['actions'\] has dtype float32"),
+    (lambda b: b.__setitem__("mask", np.ones((16, 5), np.float32)), r"batch\['mask'\] has shape \(16, 5\)"),
+    (lambda b: b.__setitem__("features", np.zeros((8, 4), np.float32)), r"batch\['features'\] has shape \(8, 4\)"),
+    (lambda b: b.__setitem__("advantages", np.zeros((8, 4), np.float32)), r"batch\['advantages'\] has shape"),
+])
+def test_invalid_batches_name_the_key(change, says):
+    """Invalid actions (2 gave loss nan, floats passed) and shape errors (a bare chex 'input 0 has shape')
+    are errors naming the batch key, raised before the jitted update."""
+    learner = RouterLearner(load_config(None, BASE + ["grpo.minibatches=2"]), 8)
+    batch = _batch()
+    learner.update(_batch(), jax.random.PRNGKey(0))  # the valid batch trains
+    change(batch)
+    with pytest.raises(ValueError, match=says):
+        learner.update(batch, jax.random.PRNGKey(0))
