@@ -197,11 +197,17 @@ def evaluate(cfg, engines, learner, policies: dict[str, Any], problems, seed: in
 
 
 # ------------------------------------------------------------------------------------------- one seed
-def rubric_objects(cfg, engines, out: Path, log=print):
+JUDGE_ARMS = ("roro", "no_rubric")  # the arms that need the rubric stage's Judges
+
+
+def rubric_objects(cfg, engines, out: Path, log=print, *, judges: bool = True):
     """Stages 1-3 on the explored problems: trajectories, pairs, the rubric stage (Judge, Rubricor, no-rubric
-    Judge). Returns ``(explored problems, rubric results, objects, queries)``."""
+    Judge). Returns ``(explored problems, rubric results, objects, queries)``. Without ``judges`` (no arm
+    reads a Judge: outcome, oracle) stages 1-3 are skipped: ``(explored problems, None, {}, queries)``."""
     explore = T.train_problems(cfg)[:cfg.toy.explore_problems]
     queries = {str(p.id): p.question for p in explore}
+    if not judges:
+        return explore, None, {}, queries
     store_path = T.collect_exploration_stage(cfg, engines, explore, progress=False)
     trajs = list(TrajectoryStore(store_path).iter())
     pairs, _ = pairs_stage(cfg, trajs, out)
@@ -276,7 +282,8 @@ def run_seed(base, opts: StudyOptions, seed: int, out: Path, engines, lambda_p: 
     sdir = Path(cfg.out_dir)
     sdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    explore, res, objects, queries = rubric_objects(cfg, engines, sdir, log=log)
+    explore, res, objects, queries = rubric_objects(cfg, engines, sdir, log=log,
+                                                    judges=any(a in JUDGE_ARMS for a in opts.arms))
     log(f"[seed {seed}] rubric stage done ({time.time() - t0:.0f} s)")
     learner = RouterLearner(cfg, get_family(cfg.router.features).dim)
     routers = make_routers(opts.arms, opts, lambda_p, objects, queries, learner)
@@ -306,7 +313,9 @@ def run_seed(base, opts: StudyOptions, seed: int, out: Path, engines, lambda_p: 
     return result
 
 
-def _rubric_brief(res: dict) -> dict:
+def _rubric_brief(res: dict | None) -> dict:
+    if res is None:
+        return {}
     keys = ("acc", "acc_outcome", "acc_process", "n_outcome", "n_process")
     out = {"rule": {k: res["process_quality"]["test"].get(k) for k in keys}}
     if "no_rubric" in res:
@@ -328,7 +337,8 @@ def tune_lambda_p(base, opts: StudyOptions, out: Path, engines, *, progress: boo
     seed = opts.seeds[0]
     cfg = seed_config(base, opts, seed, out / "tuning")
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    explore, _, objects, queries = rubric_objects(cfg, engines, Path(cfg.out_dir), log=log)
+    explore, _, objects, queries = rubric_objects(cfg, engines, Path(cfg.out_dir), log=log,
+                                                  judges=any(a in JUDGE_ARMS for a in opts.arms))
     learner = RouterLearner(cfg, get_family(cfg.router.features).dim)
     proc_arms = [a for a in opts.arms if ARMS[a] is not None]
     routers = []
@@ -465,6 +475,9 @@ def render(summary: dict) -> str:
         lines.append(f"| {arm} | " + " | ".join(f"{v['mean']:.3f}" for v in lc.values()) + " |")
     lines += ["", "Judge held-out pairwise accuracy (outcome / process pairs), per seed:", ""]
     for s, r in zip(summary["seeds"], summary["rubric"]):
+        if not r:
+            lines.append(f"- seed {s}: no Judge trained (no arm reads one)")
+            continue
         parts = [f"{k} {_f2(r[k].get('acc_outcome'))}/{_f2(r[k].get('acc_process'))}"
                  for k in ("rule", "no_rubric", "rubric") if k in r]
         lines.append(f"- seed {s}: " + ", ".join(parts) + f"; gate {r['gate']}")

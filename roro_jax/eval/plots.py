@@ -18,16 +18,14 @@ def plot_curves(summary: dict[str, Any] | Sequence[Any], path: str | os.PathLike
                 dpi: int = 150, show_ci: bool = True, figsize: tuple[float, float] = (9.0, 6.0)) -> Path:
     """Plot every method's accuracy against its large-model token share and save a PNG.
 
-    ``summary`` is :func:`roro_jax.eval.report.summarize`'s output (or a list of ``CurvePoint`` records,
-    summarised with the default settings).  Methods with several points are drawn as lines in cost order,
+    ``summary`` is :func:`roro_jax.eval.report.summarize`'s output.  Methods with several points are drawn as lines in cost order,
     single points as markers; estimated outcomes use dashed lines and hollow markers.  The SRM-only and
     LRM-only endpoints are black stars joined by the dotted SRM→LRM straight line (ΔIBC = 0); the overall
     Pareto front is a thick grey line through the circled front points.  With ``show_ci`` and bootstrap
     intervals present, points get thin interval bars in both directions.
     """
     if not isinstance(summary, dict):
-        from .report import summarize
-        summary = summarize(summary)
+        raise TypeError("plot_curves: pass roro_jax.eval.report.summarize(records), not the records")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=figsize, dpi=dpi)

@@ -14,11 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from roro_jax.models.families import FAMILIES, Family, family_for
-
-
-class UnsupportedModelError(ValueError):
-    """The checkpoint's ``config.json`` describes a model this decoder does not implement."""
+from roro_jax.models.families import FAMILIES, Family, UnsupportedModelError, family_for
 
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")

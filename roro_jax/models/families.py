@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 
+class UnsupportedModelError(ValueError):
+    """The checkpoint's ``config.json`` describes a model this decoder does not implement."""
+
+
 @dataclass(frozen=True)
 class Family:
     """What distinguishes one HF model family in our shared decoder.
@@ -49,8 +53,6 @@ _BY_ARCHITECTURE = {f.architecture: f for f in FAMILIES.values()}
 
 def family_for(hf_config: dict[str, Any]) -> Family:
     """The family of a ``config.json`` dictionary, by ``architectures`` then ``model_type``."""
-    from roro_jax.models.config import UnsupportedModelError
-
     archs = hf_config.get("architectures") or []
     for arch in archs:
         if arch in _BY_ARCHITECTURE:

@@ -31,38 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from roro_jax.router.policies import ConstantPolicy, Policy, StepObservation
+from roro_jax.router.uniforms import hash_uniforms, row_uniforms  # noqa: F401  (re-exported)
 from roro_jax.types import ESCALATE, KEEP
-
-_MASK64 = (1 << 64) - 1
-
-
-# ------------------------------------------------------------------------------------------ randomness
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(_MASK64)
-    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & np.uint64(_MASK64)
-    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & np.uint64(_MASK64)
-    return x ^ (x >> np.uint64(31))
-
-
-def hash_uniforms(seeds: np.ndarray, salt: int) -> np.ndarray:
-    """Uniforms in [0, 1), one per seed, a pure function of ``(seed, salt)`` (SplitMix64)."""
-    with np.errstate(over="ignore"):
-        s = np.asarray(seeds).astype(np.uint64)
-        h = _splitmix64(s ^ _splitmix64(np.uint64(int(salt) & _MASK64) + np.zeros_like(s)))
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def row_uniforms(obs: StepObservation, rng: np.random.Generator, salt: int = 0) -> np.ndarray:
-    """One uniform per row: from ``obs.row_seeds`` when the rollout provides them (so a row's draw does not
-    depend on the other rows of its batch), else ``rng.random(N)``."""
-    seeds = getattr(obs, "row_seeds", None)
-    if seeds is not None:
-        seeds = np.asarray(seeds)
-        if seeds.shape != (len(obs),):
-            raise ValueError(f"obs.row_seeds has shape {seeds.shape}, expected ({len(obs)},)")
-        return hash_uniforms(seeds, salt)
-    return rng.random(len(obs))
-
 
 def _bernoulli_logp(actions: np.ndarray, p_escalate) -> np.ndarray:
     p = np.broadcast_to(np.asarray(p_escalate, np.float64), actions.shape)

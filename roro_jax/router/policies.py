@@ -13,6 +13,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from roro_jax.router.uniforms import row_uniforms
 from roro_jax.types import ESCALATE, KEEP
 
 
@@ -85,8 +86,6 @@ class RouterPolicy:
         return np.concatenate(out)[:n]
 
     def act(self, obs: StepObservation, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        from roro_jax.router.baselines import row_uniforms
-
         p = self.escalate_prob(obs.features)
         if self.greedy:
             a = (p > self.threshold).astype(np.int32)

@@ -18,7 +18,7 @@ test distribution:
 
 ``get_world(name)`` returns a :class:`ToyWorld`; :func:`register_world` adds one. The models of a world
 are folders under ``roro_jax/assets/toy`` (``small``/``large`` for ``control``; ``chain/small``,
-``chain/large`` and ``lucky/large`` for the others), made by the commands in
+``chain/large``, ``lucky/small`` and ``lucky/large`` for the others), made by the commands in
 ``roro_jax/assets/toy/README.md`` (``python -m pipelines.pretrain_toy ...``).
 """
 
@@ -90,7 +90,7 @@ register_world(ToyWorld(
     "control", "small", "large", toy.difficulty("easy"), toy.difficulty("easy"), max_steps=8, max_step_tokens=16,
     description="2-3 operations, exact outcome, same distribution in training and test (the shipped pair)"))
 register_world(ToyWorld(
-    "lucky", "chain/small", "lucky/large", replace(_CHAIN, min_ops=2, max_ops=3),
+    "lucky", "lucky/small", "lucky/large", replace(_CHAIN, min_ops=2, max_ops=3),
     replace(_CHAIN, min_ops=4, max_ops=6), max_steps=10, max_step_tokens=18,
     description="training: 2-3 operations and a large model that repairs a wrong prefix (lucky answers); "
                 "test: 4-6 operations, where it does not"))

@@ -46,3 +46,17 @@ def test_missing_model_folder_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(V, "toy_assets_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="toy world 'lucky'"):
         get_world("lucky").model_dir("large")
+
+
+def test_shipped_world_models_do_what_their_world_needs():
+    """The shipped models behave as the worlds are documented (roro_jax/assets/toy/README.md, measured by
+    ``python -m pipelines.world_models``): lucky's large model repairs a wrong prefix on its training
+    chains and trusts it on the test chains; sparse's small model is rarely right on its long chains."""
+    from pipelines.world_models import world_table
+
+    lucky = {r["ops"]: r for r in world_table("lucky", [2, 5], n=8, seed=0)}
+    assert lucky[2]["repaired"] >= 0.75 and lucky[5]["trusted"] >= 0.75, lucky
+    assert lucky[2]["large_acc"] >= 0.75 and lucky[5]["large_acc"] >= 0.75
+    assert lucky[2]["small_acc"] > lucky[5]["small_acc"]
+    sparse = world_table("sparse", [11], n=8, seed=0)[0]
+    assert sparse["small_acc"] <= 0.3 and sparse["large_acc"] >= 0.75, sparse
