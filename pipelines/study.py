@@ -451,13 +451,13 @@ def render(summary: dict) -> str:
     keys = ["auc", "cpt_80"] + [f"acc_at_{x:g}" for x in b]
     lines = [f"**{summary['world']} world**, seeds {summary['seeds']}, {summary['test_problems']} test problems; "
              f"SRM-only {summary['endpoints']['srm']['mean']:.3f}, LRM-only {summary['endpoints']['lrm']['mean']:.3f}; "
-             f"λ_p {summary['lambda_p']} (chosen on validation)", "",
+             f"λ_p {summary['lambda_p']} (" + ("chosen on validation" if summary['options']['tune'] else "fixed: --no-tune") + ")", "",
              "| arm | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
 
     def cell(v):
         if not np.isfinite(v["mean"]):
             return "n.r."
-        s = f"{v['mean']:.3f} ± {v['std']:.3f}"
+        s = f"{v['mean']:.3f} ± {v['std']:.3f}" if v["n"] > 1 else f"{v['mean']:.3f}"  # ± over seeds
         return s + (f" ({v['n_nan']}/{v['n'] + v['n_nan']} n.r.)" if v["n_nan"] else "")
 
     for arm in summary["arms"]:
