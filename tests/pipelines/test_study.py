@@ -51,3 +51,16 @@ def test_study_quick_runs_end_to_end(tmp_path):
     # a rerun reuses the finished seed and the tuning
     again = S.main(["--world", "control", "--seeds", "0", "--quick", "--out", str(out)])
     assert again["table"] == summary["table"]
+
+
+def test_no_judge_arm_skips_the_rubric_stage(tmp_path):
+    """Outcome and oracle read no Judge: the explored problems come back and nothing is collected."""
+    from roro_jax.config import load_config
+
+    base = load_config(S.CONFIG, list(S.QUICK_CONFIG))
+    opts = S.quick_options(S.StudyOptions(world="lucky", arms=["outcome", "oracle"]))
+    cfg = S.seed_config(base, opts, 0, tmp_path)
+    explore, res, objects, queries = S.rubric_objects(cfg, None, tmp_path, judges=False)
+    assert res is None and objects == {} and len(explore) == opts.explore == len(queries)
+    assert not any(tmp_path.iterdir())  # no exploration store, no pairs, no rubric folder
+    assert S._rubric_brief(None) == {}
