@@ -462,6 +462,17 @@ def render(summary: dict) -> str:
 
     for arm in summary["arms"]:
         lines.append(f"| {arm} | " + " | ".join(cell(summary["table"][arm][k]) for k in keys) + " |")
+    lcs = summary["options"]["lambda_c"]
+    lines += ["", "Operating points per λ_c (test accuracy / large-model token share, mean over seeds):", "",
+              "| arm | " + " | ".join(f"λ_c = {lc:g}" for lc in lcs) + " |", "|---|" + "---|" * len(lcs)]
+    for arm in summary["arms"]:
+        if arm == "threshold":
+            continue
+        pts = np.asarray([row["points"] for row in summary["per_seed"][arm]], float)  # [seeds, λ_c, 2]
+        if pts.ndim != 3 or pts.shape[1] != len(lcs):
+            continue
+        m = pts.mean(0)
+        lines.append(f"| {arm} | " + " | ".join(f"{a:.3f} / {c:.3f}" for c, a in m) + " |")
     lines += ["", "Paired bootstrap (test problems resampled jointly for every arm and seed; 95% interval of the "
                   "seed-mean difference):", "", "| difference | " + " | ".join(cols) + " |",
               "|---|" + "---|" * len(cols)]
