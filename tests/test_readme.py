@@ -108,8 +108,11 @@ def commands(code: str) -> list[list[str]]:
 def make_recipe(target_args: list[str]) -> list[list[str]]:
     """The commands ``make`` would run for a target, the venv steps taken as done."""
     stamps = [x for s in (".venv/.installed", ".venv/.installed-dev", ".venv/bin/python") for x in ("-o", s)]
-    out = subprocess.run(["make", "-n", *stamps, *target_args], capture_output=True, text=True, cwd=REPO_ROOT,
-                         check=True)
+    # Under an outer make (CI runs the suite from `make test`) MAKELEVEL/MAKEFLAGS make the inner one print
+    # "make[1]: Entering directory ..." lines, which are not commands: drop both and ask for no such lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "-n", "--no-print-directory", *stamps, *target_args], capture_output=True,
+                         text=True, cwd=REPO_ROOT, check=True, env=env)
     return [shlex.split(ln) for ln in out.stdout.splitlines() if ln.strip()]
 
 
