@@ -17,7 +17,7 @@ from roro_jax.rubric.gate import GateConfig
 from roro_jax.rubric.judge import Judge, JudgeConfig, pair_correct
 from roro_jax.rubric.lm import LMSpec
 from roro_jax.rubric.loop import (RubricBook, RubricConfig, RubricData, by_query, grpo_step, make_data, prune_book,
-                                  run_alternating)
+                                  run_alternating, run_no_rubric, write_rubrics)
 from roro_jax.rubric.rubricor import Rubricor, RubricorConfig
 from roro_jax.rubric.serialize import SerializeConfig, probe_trajectory, query_summary
 from roro_jax.types import PreferencePair
@@ -199,3 +199,115 @@ def test_accuracy_report_per_kind_and_macro():
     assert rep["acc"] == pytest.approx(4 / 6) and rep["n"] == 6
     assert (rep["acc_outcome"], rep["n_outcome"]) == (0.5, 2) and (rep["acc_process"], rep["n_process"]) == (1.0, 1)
     assert rep["acc_cost"] == pytest.approx(2 / 3) and rep["acc_macro"] == pytest.approx((0.5 + 1.0 + 2 / 3) / 3)
+
+
+# ------------------------------------------------------------------------------------ batch edges
+def test_write_rubrics_covers_every_query_past_one_generation_batch():
+    """``write_rubrics`` generates in batches of 64 prompts: 70 queries (one full batch and a partial one)
+    each get the rubric written from their own prompt, the same one a single-query call writes."""
+    rc = RubricorConfig(model=TINY, max_new_tokens=8)
+    rubricor = Rubricor(rc, SerializeConfig(), RubricConfig(rubricor=rc).limits(), seed=0)
+    trajs, _, queries = routes("w", 70)
+    by_q: dict[str, list] = {}
+    for t in trajs:
+        by_q.setdefault(t.query_id, []).append(t)
+    data = RubricData(by_id={t.traj_id: t for t in trajs}, queries=queries,
+                      summaries={q: query_summary(ts) for q, ts in by_q.items()},
+                      probes={q: probe_trajectory(ts) for q, ts in by_q.items()}, train=[], val=[], test=[])
+    qids = sorted(queries)
+    out = write_rubrics(rubricor, data, qids)
+    assert sorted(out) == qids
+    for q in (qids[0], qids[63], qids[64], qids[-1]):
+        alone = rubricor.write([rubricor.prompt_ids(data.queries[q], data.summaries[q])], [q])[0]
+        assert (out[q].reason, out[q].rubric) == (alone.reason, alone.rubric), q
+
+
+def three_pair_routes(n: int):
+    """n queries, each with three routes (the low-confidence step escalated, no step escalated, a confident
+    step escalated) and the three pairs among them."""
+    trajs, pairs, queries = [], [], {}
+    for i in range(n):
+        q = f"m{i}"
+        d = 1 + i % 4
+        confs = [0.95] * 6
+        confs[d] = 0.2
+        good, none_, bad = (make_traj(q, "good", confs, esc=(d,)), make_traj(q, "none", confs),
+                            make_traj(q, "bad", confs, esc=((d + 2) % 6,)))
+        trajs += [good, none_, bad]
+        pairs += [PreferencePair(q, a.traj_id, b.traj_id, "process", 0.5, "test")
+                  for a, b in ((good, none_), (good, bad), (none_, bad))]
+        queries[q] = f"Problem {i}"
+    return trajs, pairs, queries
+
+
+def test_grpo_step_rewards_each_sample_with_its_own_pairs_when_a_query_has_several():
+    """With three reward pairs per query, each sampled rubric's reward is the frozen Judge's pairwise
+    accuracy on that query's pairs read under that rubric (recomputed here pair by pair), and those rewards
+    are what the GRPO update receives."""
+    trajs, pairs, queries = three_pair_routes(6)
+    rc = RubricorConfig(model=TINY, sft_lr=2e-2, sft_batch=8, max_new_tokens=24, group_size=4, grpo_queries=3,
+                        reward_pairs=3, temperature=1.0)
+    cfg = RubricConfig(rubricor=rc, judge=JudgeConfig(model=TINY, batch_pairs=6, lr=3e-3), split=[1.0, 0.0, 0.0],
+                       max_criteria=2)
+    data = make_data(trajs, pairs, queries, cfg)
+    judge = Judge(cfg.judge, cfg.serialize, max_criteria=cfg.max_criteria)
+    good = parse_rubric(GOOD, "q").rubric
+    # a partly trained Judge: its scores differ between routes and rubrics, so a misaligned slice shows
+    judge.train_steps(data.train[:9], data.by_id, data.queries, {q: good for q in queries}, steps=15,
+                      rng=np.random.default_rng(0))
+    rubricor = Rubricor(rc, SerializeConfig(), cfg.limits(), seed=0)
+    qs = sorted(queries)
+    prompts = [rubricor.prompt_ids(data.queries[q], data.summaries[q]) for q in qs]
+    rubricor.sft([p for p in prompts for _ in range(4)], [GOOD, BAD, "1. [w=1] Escalates the drop early.\n", BAD]
+                 * len(prompts), steps=40, rng=np.random.default_rng(0))
+    seen = {}
+    real_generate, real_update = rubricor.generate, rubricor.grpo_update
+
+    def generate(prompts_, **kw):
+        seen["outs"] = real_generate(prompts_, **kw)
+        return seen["outs"]
+
+    def grpo_update(prompts_, completions, rewards):
+        seen["rewards"] = list(rewards)
+        return real_update(prompts_, completions, rewards)
+
+    rubricor.generate, rubricor.grpo_update = generate, grpo_update
+    batch = qs[:3]
+    m = grpo_step(rubricor, judge, data, batch, by_query(data.train), cfg, np.random.default_rng(3))
+    sample_q = [q for q in batch for _ in range(rc.group_size)]
+    expected, swapped = [], []
+    for (_, text), q in zip(seen["outs"], sample_q):
+        pr = parse_rubric(text, q, cfg.limits())
+        if not pr.ok:
+            expected.append(rc.malformed_reward)
+            swapped.append(rc.malformed_reward)
+            continue
+        qp = by_query(data.train)[q]
+        sp = np.array([judge.scores([(data.queries[q], pr.rubric, data.by_id[p.preferred])])[0] for p in qp])
+        sr = np.array([judge.scores([(data.queries[q], pr.rubric, data.by_id[p.rejected])])[0] for p in qp])
+        expected.append(float(np.mean((sp > sr) + 0.5 * (sp == sr))))
+        swapped.append(float(np.mean((sp[::-1] > sr) + 0.5 * (sp[::-1] == sr))))
+    assert sum(e != rc.malformed_reward for e in expected) >= 4  # most samples are well-formed rubrics
+    assert seen["rewards"] == pytest.approx(expected, abs=1e-6)
+    assert m["reward_mean"] == pytest.approx(float(np.mean(expected)), abs=1e-6)
+    # the check can tell pairs apart: pairing each preferred route with another pair's rejected one differs
+    assert not np.allclose(expected, swapped)
+
+
+def test_no_rubric_judge_trains_reads_no_rubric_and_reports_each_split_on_its_own_pairs(tiny_judge_cfg):
+    trajs, pairs, queries = routes("n", 30)
+    cfg = RubricConfig(judge=dataclasses.replace(tiny_judge_cfg, steps=3, lr=3e-3), rounds=2, split=[0.6, 0.2, 0.2])
+    data = make_data(trajs, pairs, queries, cfg)
+    assert data.val and data.test
+    out = run_no_rubric(cfg, data, log=lambda s: None)
+    assert out["steps"] == cfg.rounds * cfg.judge.steps == 6
+    judge = out["judge"]
+    assert judge.cfg.use_rubric is False
+    for split, ps in (("val", data.val), ("test", data.test)):
+        correct = pair_correct(judge, ps, data.by_id, data.queries, None)[0]
+        assert out[split]["n"] == len(ps) and out[split]["acc"] == pytest.approx(float(correct.mean())), split
+    fresh = Judge(dataclasses.replace(cfg.judge, use_rubric=False), cfg.serialize, max_criteria=cfg.max_criteria,
+                  seed=cfg.seed)
+    assert leaves_bytes(judge.state.params) != leaves_bytes(fresh.state.params)  # it was trained
+    none = run_no_rubric(cfg, data, steps=0, log=lambda s: None)
+    assert none["steps"] == 0 and leaves_bytes(none["judge"].state.params) == leaves_bytes(fresh.state.params)
