@@ -447,7 +447,8 @@ def test_cli_subprocess_bad_episode_file_one_line_exit_2(tmp_path):
     (["replay.episodes=/no/such/dir/math.jsonl", "replay.extra_test=[]"],
      "config key 'replay.episodes': episode file or folder '/no/such/dir/math.jsonl' does not exist"),
     ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}", "replay.outcome_rule=oracle"],
-     "config key 'replay.outcome_rule': unknown outcome rule 'oracle'"),
+     "config key 'replay.outcome_rule' (command line): unknown outcome rule 'oracle'; registered: ['both', "
+     "'either', 'last_writer', 'majority', 'prm_gate']"),
     ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}", f"replay.extra_test=[{BAD / 'episodes_invalid_utf8.jsonl'}]"],
      "episodes_invalid_utf8.jsonl:2: not valid UTF-8"),
     ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}",
