@@ -252,7 +252,8 @@ CASES: dict[str, tuple[Callable[[Path], Any], Raises | Handled]] = {
     "config_unknown_key.yaml": (load_config, Raises(ConfigError, ("config key 'grpo.lrr'",))),
     "config_wrong_type.yaml": (load_config, Raises(ConfigError, ("config key 'grpo.lr'", "'fast'"))),
     "config_section_scalar.yaml": (load_config, Raises(ConfigError, ("config key 'grpo'",))),
-    "config_bad_choice.yaml": (load_config, Raises(ConfigError, ("config key 'grpo.kl'", "not one of"))),
+    "config_bad_choice.yaml": (load_config, Raises(ConfigError, (
+        "config key 'grpo.kl'", "unknown KL estimator 'k9'; registered: ['exact', 'k1', 'k2', 'k3']"))),
     "config_bad_value.yaml": (load_config, Raises(ConfigError, ("similar_cost",))),
     "config_top_level_list.yaml": (load_config, Raises(ConfigError, ("top level must be a mapping",))),
     "config_yaml_syntax.yaml": (load_config, Raises(ConfigError, ("line 1",))),

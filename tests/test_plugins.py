@@ -121,7 +121,8 @@ def test_plugin_given_as_a_file_path(plugin, tmp_path):
 def test_entry_point_plugins_load(plugin, monkeypatch, capsys):
     mod = plugin("roro_test_ep_plugin", BREVITY)
     eps = [EntryPoint(name="brev", value=mod, group="roro_jax.plugins")]
-    monkeypatch.setattr("importlib.metadata.entry_points", lambda group=None: eps if group == "roro_jax.plugins" else [])
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group=None: eps if group == "roro_jax.plugins" else [])
     assert main(["config", "reward.weights.brevity_plugin=0.3"]) == 0
     assert "brevity_plugin: 0.3" in capsys.readouterr().out
 
@@ -169,7 +170,8 @@ def test_failing_plugin_is_one_line_naming_the_module(code, says, plugin, tmp_pa
 
 def test_failing_entry_point_is_one_line(monkeypatch, capsys):
     eps = [EntryPoint(name="gone", value="roro_test_no_such_ep:register", group="roro_jax.plugins")]
-    monkeypatch.setattr("importlib.metadata.entry_points", lambda group=None: eps if group == "roro_jax.plugins" else [])
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group=None: eps if group == "roro_jax.plugins" else [])
     assert main(["config"]) == 2
     line = one_error(capsys)
     assert "plugin entry point 'gone' (roro_test_no_such_ep:register" in line and "ModuleNotFoundError" in line
