@@ -23,8 +23,8 @@ from roro_jax.rubric.loop import RubricConfig
 from roro_jax.types import InputError
 
 
-# Registries read at load time (imported lazily: loading a config imports no model code until it checks),
-# so a name registered by user code (``--plugin`` / ``plugins:``, roro_jax.plugins) is accepted.
+# The registries whose names config keys take, read when a config is validated (not when this module is
+# imported), so a name registered by user code (``--plugin`` / ``plugins:``, roro_jax.plugins) is accepted.
 def _toy_worlds():
     from roro_jax.worlds.variants import WORLDS
 
