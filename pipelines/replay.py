@@ -110,7 +110,7 @@ def make_collect(learner: RouterLearner, world: ReplayWorld, train_idx: np.ndarr
         actions, feats, route, logp = sample_actions(learner, params, world, idx, rng)
         mask = route.decision_mask.astype(np.float32)
         correct = route.correct.astype(np.float32)
-        rb = {"correct": correct, "large_share": route.large_share}
+        rb = route.reward_batch()
         if use_process:
             rb["process"] = np.asarray(process_fn(world.trajectories(actions, idx, policy_id="router")), np.float32)
         rewards, terms, adv = score_trajectories(rb, cfg)

@@ -35,7 +35,7 @@ def make_collect(learner: RouterLearner, cfg):
         actions = jax.random.categorical(ka, logits).astype(jnp.int32)
         logp, _ = action_logp_entropy(logits, actions)
         correct, share = synthetic.outcomes(ko, actions, critical, mask)
-        rewards, terms, adv = score_trajectories({"correct": correct, "large_share": share}, cfg)
+        rewards, terms, adv = score_trajectories(synthetic.reward_batch(correct, actions, mask), cfg)
         batch = {"features": feats, "actions": actions, "old_logp": logp * mask, "mask": mask,
                  "advantages": adv}
         info = {"reward": jnp.mean(rewards), "accuracy": jnp.mean(correct), "large_share": jnp.mean(share),

@@ -12,6 +12,10 @@
     roro bench NAME [--json] [...]                      throughput benchmarks, ours vs a baseline in the same
                                                         run (NAME: router-step, lm, rollout, judge, memory)
 
+Every command that takes a config also takes ``--plugin MODULE`` (repeatable): user code that registers
+reward terms, estimators, feature families, ... (:mod:`roro_jax.plugins`), imported, with the config's
+``plugins:`` list and the installed ``roro_jax.plugins`` entry points, before the config is validated.
+
 The CLI only parses arguments and calls the stages in ``pipelines/``; no stage logic lives here. Before a
 training command compiles anything, :func:`roro_jax.preflight.preflight` checks the config against the
 machine and the run folder.
@@ -60,6 +64,10 @@ def config_path(arg: str | None) -> str | None:
 def _config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     where = f"default: the shipped {default}" if default else "default: built-in defaults, world=synthetic"
     p.add_argument("-c", "--config", help=f"YAML config, e.g. configs/demo.yaml ({where})")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (a module name, or a .py file) before the config is validated: user code "
+                        "that registers reward terms, KL / advantage estimators, feature families, ... "
+                        "(repeatable; default: none; see also the config's plugins: list)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted config overrides applied after the file, e.g. grpo.lr=1e-3 seed=1 "
                         "(`roro config` prints every key and its value)")
@@ -296,12 +304,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            _load_plugins(args)
             return args.fn(args)
     except (InputError, FileNotFoundError, IsADirectoryError) as e:
         print("roro: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
     finally:
         warnings.showwarning = show
+
+
+def _load_plugins(args) -> None:
+    """The installed ``roro_jax.plugins`` entry points, then every ``--plugin``, before the config loads."""
+    from roro_jax.plugins import load_entry_points, load_plugins
+
+    load_entry_points()
+    load_plugins(getattr(args, "plugin", []))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -23,10 +23,47 @@ from roro_jax.rubric.loop import RubricConfig
 from roro_jax.types import InputError
 
 
+# The registries whose names config keys take, read when a config is validated (not when this module is
+# imported), so a name registered by user code (``--plugin`` / ``plugins:``, roro_jax.plugins) is accepted.
 def _toy_worlds():
     from roro_jax.worlds.variants import WORLDS
 
-    return sorted(WORLDS)
+    return WORLDS
+
+
+def _kl_estimators():
+    from roro_jax.rl.losses import KL_ESTIMATORS
+
+    return KL_ESTIMATORS
+
+
+def _advantage_estimators():
+    from roro_jax.rl.advantages import ADVANTAGE_ESTIMATORS
+
+    return ADVANTAGE_ESTIMATORS
+
+
+def _feature_families():
+    from roro_jax.router.features import FEATURE_FAMILIES
+
+    return FEATURE_FAMILIES
+
+
+def _reward_terms():
+    from roro_jax.rl.rewards import REWARD_TERMS
+
+    return REWARD_TERMS
+
+
+def _outcome_rules():
+    from roro_jax.worlds.replay import OUTCOME_RULES
+
+    return OUTCOME_RULES
+
+
+def _registry(default, registry):
+    """A name that must be registered in ``registry()`` (read at load time)."""
+    return field(default=default, metadata={"registry": registry})
 
 
 class ConfigError(InputError):
@@ -52,13 +89,22 @@ def _registry_choices(f: dataclasses.Field):
     if "choices" in f.metadata:
         return f.metadata["choices"]
     if "registry" in f.metadata:
-        return tuple(f.metadata["registry"]())
+        return tuple(sorted(f.metadata["registry"]()))
     return None
+
+
+def _not_a_choice(f: dataclasses.Field, value, choices) -> str:
+    """Why ``value`` is not allowed: a registry says what it holds (``unknown KL estimator 'k9'; registered:
+    [...]``), fixed choices are listed."""
+    kind = getattr(f.metadata["registry"](), "kind", None) if "registry" in f.metadata else None
+    if kind:
+        return f"unknown {kind} {value!r}; registered: {list(choices)}"
+    return f"{value!r} is not one of {list(choices)}"
 
 
 @dataclass
 class RouterConfig:
-    features: str = _choice("logprob", "logprob", "prm")
+    features: str = _registry("logprob", _feature_families)  # roro_jax.router.features
     hidden: list[int] = _counts([128, 128])
     activation: str = _choice("tanh", "tanh", "relu", "gelu", "silu")
     layer_norm: bool = False
@@ -75,17 +121,19 @@ class GRPOConfig:
     clip_eps: float = _at_least(0.2, 0.0)
     clip_eps_high: Optional[float] = None
     beta: float = _at_least(0.0, 0.0)  # KL-to-reference weight
-    kl: str = _choice("k3", "k1", "k2", "k3", "exact")
+    kl: str = _registry("k3", _kl_estimators)  # roro_jax.rl.losses.KL_ESTIMATORS: k1 | k2 | k3 | exact | yours
     agg: str = _choice("token-mean", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
     entropy_coef: float = _at_least(0.0, 0.0)
-    adv_scale: str = _choice("group", "group", "batch", "none")
+    # the advantage estimator (roro_jax.rl.advantages.ADVANTAGE_ESTIMATORS): group | batch | none | rloo | yours
+    adv_scale: str = _registry("group", _advantage_estimators)
     adv_eps: float = _at_least(1e-6, 0.0)
 
 
 @dataclass
 class RewardConfig:
-    # reward term name -> weight; terms come from roro_jax.rl.rewards' registry
-    weights: dict[str, float] = field(default_factory=lambda: {"outcome": 1.0, "cost": 0.3, "process": 0.0})
+    # reward term name -> weight; any term of roro_jax.rl.rewards' registry (yours too: reward.weights.NAME=w)
+    weights: dict[str, float] = field(default_factory=lambda: {"outcome": 1.0, "cost": 0.3, "process": 0.0},
+                                      metadata={"key_registry": _reward_terms})
     combine: str = _choice("sum_then_normalize", "sum_then_normalize", "normalize_then_sum")
     # what scores the process term (pipelines.rubric.PROCESS_SCORERS): judge (RoRo) | no_rubric_judge | rule
     process_scorer: str = "judge"
@@ -143,7 +191,7 @@ class ReplayConfig:
     episodes: Optional[str] = None
     # extra held-out sets evaluated after training (names or paths), e.g. the AIME 2025 episodes
     extra_test: list[str] = field(default_factory=lambda: ["aime2025_qwen3-1.7b_qwen3-14b.jsonl"])
-    outcome_rule: str = "last_writer"
+    outcome_rule: str = _registry("last_writer", _outcome_rules)  # roro_jax.worlds.replay.OUTCOME_RULES
     train_frac: float = 0.6
     split_seed: int = 0  # the train/test split of the episodes (fixed across training seeds)
     queries_per_update: int = _at_least(32, 1)
@@ -154,7 +202,7 @@ class ToyWorldConfig:
     """The embedded toy world: the shipped toy models (``roro_jax/assets/toy``) on toy arithmetic."""
 
     # which toy world (roro_jax.worlds.variants): control (the shipped easy pair) | lucky | sparse
-    variant: str = field(default="control", metadata={"registry": lambda: _toy_worlds()})
+    variant: str = _registry("control", _toy_worlds)
     train_problems: int = _at_least(512, 1)  # pool of training problems (train split)
     test_problems: int = _at_least(200, 1)  # held-out problems (test split) for evaluation
     explore_problems: int = _at_least(96, 1)  # problems routed by the exploratory policies (stage 1: pairs)
@@ -229,6 +277,9 @@ class SweepConfig:
 @dataclass
 class Config:
     world: str = _choice("synthetic", "synthetic", "toy", "replay", "live")
+    # modules imported before the config is validated (they register reward terms, KL estimators, ...;
+    # roro_jax.plugins); the command line adds more with --plugin
+    plugins: list[str] = field(default_factory=list)
     seed: int = 0
     out_dir: str = "runs/demo"
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -268,7 +319,13 @@ def _check_choices(obj: Any, layers, prefix: str = "") -> None:
         key = f"{prefix}{f.name}"
         choices = _registry_choices(f)
         if choices and value not in choices:
-            raise ConfigError(f"config key '{key}' ({_where(key, layers)}): {value!r} is not one of {list(choices)}")
+            raise ConfigError(f"config key '{key}' ({_where(key, layers)}): {_not_a_choice(f, value, choices)}")
+        if "key_registry" in f.metadata and isinstance(value, dict):
+            reg = f.metadata["key_registry"]()
+            for name in value:
+                if name not in reg:
+                    raise ConfigError(f"config key '{key}.{name}' ({_where(f'{key}.{name}', layers)}): unknown "
+                                      f"{reg.kind} {name!r}; registered: {reg.names()}")
         lo = f.metadata.get("min")
         if lo is not None and value is not None:
             above = f.metadata.get("above", False)
@@ -303,10 +360,35 @@ def _wrap(e: OmegaConfBaseException, where: str, cfg=None, layer=None) -> Config
     return ConfigError(f"{head} ({where}): {msg}{_list_hint(e, key, layer)}")
 
 
+def _open_dicts(node) -> None:
+    """Dict fields whose keys a registry checks (``reward.weights``) accept new keys (a registered term);
+    every other node stays closed (an unknown key is an error)."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    for f in dataclasses.fields(schema):
+        child = node._get_node(f.name)
+        if "key_registry" in f.metadata:
+            OmegaConf.set_struct(child, False)
+        elif isinstance(child, DictConfig):
+            _open_dicts(child)
+
+
+def _import_plugins(cfg, where: str) -> None:
+    from roro_jax.plugins import load_plugins
+
+    try:
+        load_plugins(list(cfg.plugins))
+    except InputError as e:
+        raise ConfigError(f"config key 'plugins' ({where}): {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema=Config):
-    """Load ``schema`` defaults, merge a YAML file, then ``key=value`` overrides; validate; return the dataclass."""
+    """Load ``schema`` defaults, merge a YAML file, then ``key=value`` overrides; import the modules the
+    ``plugins`` key names; validate; return the dataclass."""
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
+    _open_dicts(base)
     layers = []
     if path is not None:
         path = Path(path)
@@ -330,6 +412,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as e:
             raise _wrap(e, where, cfg, layer) from None
+    if "plugins" in cfg:  # before validation: a plugin's names are accepted below
+        _import_plugins(cfg, _where("plugins", layers))
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:

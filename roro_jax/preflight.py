@@ -129,6 +129,26 @@ def check_process_reward(cfg, ctx: Context) -> None:
         raise ConfigError(f"config key 'reward.weights.process'={cfg.reward.weights['process']:g}: {why}")
 
 
+@register_check("reward_fields")
+def check_reward_fields(cfg, ctx: Context) -> None:
+    """Every reward term with a non-zero weight reads only fields the world's reward batch holds
+    (:mod:`roro_jax.worlds.reward_fields`; a term declares its fields with ``register_reward(..., needs=)``)."""
+    if ctx.command not in TRAINING_COMMANDS:
+        return
+    from roro_jax.rl.rewards import reward_needs
+    from roro_jax.worlds.reward_fields import REWARD_FIELDS
+
+    if cfg.world not in REWARD_FIELDS:
+        return
+    has = REWARD_FIELDS.get(cfg.world)
+    for term, w in dict(cfg.reward.weights).items():
+        missing = [f for f in reward_needs(term) if f not in has] if w else []
+        if missing:
+            raise ConfigError(f"config key 'reward.weights.{term}'={w:g}: reward term {term!r} needs the reward "
+                              f"field {missing[0]!r}, which the {cfg.world} world's reward batch lacks (it holds "
+                              f"{sorted(has)}); set reward.weights.{term}=0 or use a world with that field")
+
+
 @register_check("tensorboard")
 def check_tensorboard(cfg, ctx: Context) -> None:
     from roro_jax.rl.metrics_log import check_tensorboard as check

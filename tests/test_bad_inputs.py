@@ -252,7 +252,8 @@ CASES: dict[str, tuple[Callable[[Path], Any], Raises | Handled]] = {
     "config_unknown_key.yaml": (load_config, Raises(ConfigError, ("config key 'grpo.lrr'",))),
     "config_wrong_type.yaml": (load_config, Raises(ConfigError, ("config key 'grpo.lr'", "'fast'"))),
     "config_section_scalar.yaml": (load_config, Raises(ConfigError, ("config key 'grpo'",))),
-    "config_bad_choice.yaml": (load_config, Raises(ConfigError, ("config key 'grpo.kl'", "not one of"))),
+    "config_bad_choice.yaml": (load_config, Raises(ConfigError, (
+        "config key 'grpo.kl'", "unknown KL estimator 'k9'; registered: ['exact', 'k1', 'k2', 'k3']"))),
     "config_bad_value.yaml": (load_config, Raises(ConfigError, ("similar_cost",))),
     "config_top_level_list.yaml": (load_config, Raises(ConfigError, ("top level must be a mapping",))),
     "config_yaml_syntax.yaml": (load_config, Raises(ConfigError, ("line 1",))),
@@ -447,7 +448,8 @@ def test_cli_subprocess_bad_episode_file_one_line_exit_2(tmp_path):
     (["replay.episodes=/no/such/dir/math.jsonl", "replay.extra_test=[]"],
      "config key 'replay.episodes': episode file or folder '/no/such/dir/math.jsonl' does not exist"),
     ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}", "replay.outcome_rule=oracle"],
-     "config key 'replay.outcome_rule': unknown outcome rule 'oracle'"),
+     "config key 'replay.outcome_rule' (command line): unknown outcome rule 'oracle'; registered: ['both', "
+     "'either', 'last_writer', 'majority', 'prm_gate']"),
     ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}", f"replay.extra_test=[{BAD / 'episodes_invalid_utf8.jsonl'}]"],
      "episodes_invalid_utf8.jsonl:2: not valid UTF-8"),
     ([f"replay.episodes={BAD / 'episodes_bom.jsonl'}",

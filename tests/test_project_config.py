@@ -21,7 +21,10 @@ def test_yaml_then_overrides(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ("grpo.lrr=1", "config key 'grpo.lrr'.*not in 'GRPOConfig'"),
     ("grpo.lr=abc", "config key 'grpo.lr'.*could not be converted"),
-    ("grpo.kl=k9", "config key 'grpo.kl'.*not one of"),
+    ("grpo.kl=k9", r"config key 'grpo.kl'.*unknown KL estimator 'k9'; registered: \['exact', 'k1', 'k2', 'k3'\]"),
+    ("reward.weights.brevity=0.1", r"config key 'reward.weights.brevity'.*unknown reward term 'brevity'; registered:"),
+    ("grpo.adv_scale=gae", r"config key 'grpo.adv_scale'.*unknown advantage estimator 'gae'; registered: \['batch', "
+                           r"'group', 'none', 'rloo'\]"),
     ("parallel.mode=dp", "config key 'parallel.mode'"),
     ("router.hidden=[1,x]", "router.hidden"),
     ("pairs.similar_cost=0.9", "similar_cost"),
@@ -29,6 +32,22 @@ def test_yaml_then_overrides(tmp_path):
 def test_bad_overrides_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [override])
+
+
+def test_registered_reward_term_is_a_weight_key():
+    from roro_jax.rl.rewards import REWARD_TERMS, register_reward
+
+    register_reward("brevity_cfg_test", needs=("small_tokens",))(lambda b: -b["small_tokens"])
+    try:
+        cfg = load_config(None, ["reward.weights.brevity_cfg_test=0.1"])
+        assert cfg.reward.weights == {"outcome": 1.0, "cost": 0.3, "process": 0.0, "brevity_cfg_test": 0.1}
+        with pytest.raises(ConfigError, match="reward.weights.brevity_cfg_test.*could not be converted"):
+            load_config(None, ["reward.weights.brevity_cfg_test=abc"])
+    finally:
+        REWARD_TERMS.pop("brevity_cfg_test")
+    # other sections stay closed to unknown keys
+    with pytest.raises(ConfigError, match="grpo.brevity"):
+        load_config(None, ["grpo.brevity=0.1"])
 
 
 def test_bad_file_names_the_file(tmp_path):

@@ -14,6 +14,9 @@ package would: ``configs/NAME.yaml`` resolves to the shipped config), with the p
   (``make test`` runs the suite's runner on one small test file).
 
 Python blocks run as a script in a fresh process. Each command must exit with status 0.
+
+A python block preceded by ``<!-- readme-test: file: NAME.py -->`` is also a file the README asks the reader
+to save (a plugin module): it is written as ``NAME.py`` into the folder of every shell block after it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from roro_jax.paths import REPO_ROOT, shared_data_dir
 
 README = REPO_ROOT / "README.md"
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip:\s*(.+?)\s*-->")
+FILE = re.compile(r"<!--\s*readme-test:\s*file:\s*([\w.-]+\.py)\s*-->")
 RUNNABLE = ("bash", "python")
 
 TOY = ["toy.explore_problems=8", "toy.test_problems=16", "toy.queries_per_update=2", "toy.max_batch=32",
@@ -72,6 +76,19 @@ def blocks() -> list[tuple[int, str, str, str | None]]:
 
 BLOCKS = blocks()
 RUN = [b for b in BLOCKS if b[3] is None]
+
+
+def saved_files(before_line: int) -> dict[str, str]:
+    """``{name: code}`` of the ``readme-test: file:`` blocks above README line ``before_line``."""
+    lines, out = README.read_text().splitlines(), {}
+    for line, lang, code, _ in BLOCKS:
+        if line >= before_line:
+            break
+        prev = next((lines[k] for k in range(line - 2, -1, -1) if lines[k].strip()), "")
+        m = FILE.search(prev)
+        if m and lang == "python":
+            out[m.group(1)] = code + "\n"
+    return out
 
 
 def test_every_block_is_runnable_or_says_why_not():
@@ -152,4 +169,6 @@ def test_readme_block_runs(line, lang, code, tmp_path):
                              timeout=900)
         assert out.returncode == 0, out.stderr[-3000:]
         return
+    for name, text in saved_files(line).items():
+        (tmp_path / name).write_text(text)
     run_shell(code, tmp_path)

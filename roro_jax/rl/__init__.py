@@ -7,7 +7,8 @@ Modules (import what you need; nothing is re-exported here):
   ``escalations``; ``register_reward``) and ``compute_rewards`` (``sum_then_normalize`` /
   ``normalize_then_sum``).
 - :mod:`~roro_jax.rl.advantages`: ``group_advantages(rewards, group_size, *, scale, eps, ddof)``
-  (GRPO's group-normalised advantages; NaN rewards give 0).
+  (GRPO's group-normalised advantages; NaN rewards give 0), ``rloo_advantages`` (leave-one-out), the
+  advantage-estimator registry (``group``, ``batch``, ``none``, ``rloo``; ``register_advantage``).
 - :mod:`~roro_jax.rl.losses`: ``policy_loss`` (clipped ratio, asymmetric clip, k1/k2/k3/exact KL, three
   aggregations), ``bernoulli_kl``, ``bernoulli_entropy``, ``bradley_terry_loss``, the KL registry.
 - :mod:`~roro_jax.rl.update`: ``make_update``: one jitted ``update(state, batch, rng)`` running epochs ×

@@ -16,6 +16,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from roro_jax.registry import Registry
+
 AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 _LOG_EPS = 1e-7
 
@@ -59,11 +61,18 @@ def bernoulli_entropy(logp):
     return -(p * logp + (1.0 - p) * _log1mexp(logp))
 
 
-KL_ESTIMATORS: dict[str, Callable] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "exact": bernoulli_kl}
+# name -> ``fn(logp, ref_logp) -> [B, T]`` per-position KL estimate; ``grpo.kl`` picks one by name
+KL_ESTIMATORS: Registry[Callable] = Registry("KL estimator")
+for _name, _fn in {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "exact": bernoulli_kl}.items():
+    KL_ESTIMATORS.add(_name, _fn)
 
 
-def register_kl(name: str, fn: Callable) -> None:
-    KL_ESTIMATORS[name] = fn
+def register_kl(name: str, fn: Callable | None = None):
+    """Add a KL estimator ``fn(logp, ref_logp) -> [B, T]`` as ``name`` (then ``grpo.kl=name``):
+    ``register_kl("mine", fn)``, or as a decorator, ``@register_kl("mine")``."""
+    if fn is None:
+        return KL_ESTIMATORS.register(name)
+    return KL_ESTIMATORS.add(name, fn)
 
 
 # --------------------------------------------------------------------------------------- aggregation ---
@@ -106,8 +115,7 @@ def policy_loss_terms(logp, old_logp, advantages, mask, *, ref_logp=None, clip_e
     chex.assert_equal(advantages.shape[0], logp.shape[0])
     if agg not in AGGS:
         raise ValueError(f"agg must be one of {AGGS}, got {agg!r}")
-    if kl not in KL_ESTIMATORS:
-        raise ValueError(f"kl must be one of {sorted(KL_ESTIMATORS)}, got {kl!r}")
+    kl_fn = KL_ESTIMATORS.get(kl)  # UnknownNameError listing the estimators
     eps_hi = clip_eps if clip_eps_high is None else clip_eps_high
     m = mask.astype(logp.dtype)
     adv = advantages.astype(logp.dtype)[:, None]
@@ -119,7 +127,7 @@ def policy_loss_terms(logp, old_logp, advantages, mask, *, ref_logp=None, clip_e
     per_pos = pg
     terms = {}
     if ref_logp is not None:
-        kl_val = KL_ESTIMATORS[kl](logp, ref_logp)
+        kl_val = kl_fn(logp, ref_logp)
         kl_val = jnp.where(m > 0, kl_val, 0.0)
         per_pos = per_pos + beta * kl_val
         terms["kl_sum"] = jnp.sum(kl_val * m)

@@ -8,11 +8,15 @@ Add a term without touching the trainer::
 
     from roro_jax.rl.rewards import register_reward
 
-    @register_reward("brevity")
+    @register_reward("brevity", needs=("small_tokens",))
     def brevity(batch):
         return -batch["small_tokens"] / 1000.0
 
-then set ``reward.weights.brevity=0.1`` in the config. The combined reward is
+then set ``reward.weights.brevity=0.1`` in the config (from the command line, load the module with
+``roro ... --plugin my_module``: :mod:`roro_jax.plugins`). ``needs`` names the reward-batch fields the term
+reads: each world documents the fields its reward batch holds (:mod:`roro_jax.worlds.reward_fields`), and a
+term with a non-zero weight that needs a field the world lacks is a config error before training starts
+(:mod:`roro_jax.preflight`). The combined reward is
 
     R = sum_i  w_i * term_i(batch)          (sum_then_normalize; advantages normalise R per group)
     R = sum_i  w_i * znorm_group(term_i)    (normalize_then_sum; each term z-scored within its group first)
@@ -24,27 +28,39 @@ already the *negative* cost, so every weight is a non-negative λ.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from roro_jax.registry import Registry
 from roro_jax.rl.advantages import group_advantages
 
 RewardFn = Callable[[Mapping[str, jnp.ndarray]], jnp.ndarray]
-REWARD_TERMS: dict[str, RewardFn] = {}
+REWARD_TERMS: Registry[RewardFn] = Registry("reward term")
+REWARD_NEEDS: dict[str, tuple[str, ...]] = {}  # term -> the reward-batch fields it reads
 COMBINE_MODES = ("sum_then_normalize", "normalize_then_sum")
 
 
-def register_reward(name: str):
-    """Decorator adding ``fn(batch) -> [N]`` to the registry under ``name`` (replacing any previous one)."""
+def register_reward(name: str, needs: Sequence[str] = ()):
+    """Decorator adding ``fn(batch) -> [N]`` to the registry under ``name`` (replacing any previous one);
+    ``needs``: the reward-batch fields ``fn`` reads (checked against the world before training)."""
+    if isinstance(needs, str):
+        needs = (needs,)
 
     def deco(fn: RewardFn) -> RewardFn:
-        REWARD_TERMS[name] = fn
+        REWARD_TERMS.add(name, fn)
+        REWARD_NEEDS[name] = tuple(needs)
         return fn
 
     return deco
+
+
+def reward_needs(name: str) -> tuple[str, ...]:
+    """The reward-batch fields the term ``name`` declared it reads (``()`` if it declared none)."""
+    REWARD_TERMS.get(name)  # UnknownNameError for an unknown term
+    return REWARD_NEEDS.get(name, ())
 
 
 def _field(batch, key, term):
@@ -53,25 +69,25 @@ def _field(batch, key, term):
     return jnp.asarray(batch[key], jnp.float32)
 
 
-@register_reward("outcome")
+@register_reward("outcome", needs=("correct",))
 def outcome_reward(batch):
     """1 if the final answer is correct, 0 if wrong, NaN if unknown."""
     return _field(batch, "correct", "outcome")
 
 
-@register_reward("cost")
+@register_reward("cost", needs=("large_share",))
 def cost_reward(batch):
     """Negative cost: minus the large-model token share of the trajectory (in [-1, 0])."""
     return -_field(batch, "large_share", "cost")
 
 
-@register_reward("process")
+@register_reward("process", needs=("process",))
 def process_reward(batch):
     """The Judge's rubric score of the trajectory, normalised to [0, 1] by the caller."""
     return _field(batch, "process", "process")
 
 
-@register_reward("escalations")
+@register_reward("escalations", needs=("escalation_rate",))
 def escalation_reward(batch):
     """Minus the fraction of steps escalated (a step-count cost, an alternative to token share)."""
     return -_field(batch, "escalation_rate", "escalations")
@@ -94,13 +110,12 @@ def reward_terms(batch, weights: Mapping[str, float]) -> dict[str, jnp.ndarray]:
     NaN entries (e.g. ``correct`` unknown) pass through: they become advantage 0. An infinite entry, or a
     non-finite weight, raises ``ValueError`` naming the term and the index (before any jitted code).
     """
-    unknown = [k for k in weights if k not in REWARD_TERMS]
-    if unknown:
-        raise KeyError(f"unknown reward terms {unknown}; registered: {sorted(REWARD_TERMS)}")
+    for k in weights:
+        REWARD_TERMS.get(k)  # UnknownNameError listing the registered terms
     bad = {k: w for k, w in weights.items() if not math.isfinite(w)}
     if bad:
         raise ValueError(f"reward weights must be finite, got {bad}")
-    terms = {k: REWARD_TERMS[k](batch) for k, w in weights.items() if w != 0}
+    terms = {k: REWARD_TERMS.get(k)(batch) for k, w in weights.items() if w != 0}
     for k, v in terms.items():
         _check_finite_or_nan(k, v)
     return terms

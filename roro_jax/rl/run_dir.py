@@ -24,7 +24,8 @@ RUN_CONFIG = "config.yaml"
 # dotted keys (or prefixes ending in ".") that a resumed run may change
 FREE_KEYS = ("out_dir", "train.updates", "train.log_every", "checkpoint.", "logging.", "eval.", "sweep.",
              "toy.test_problems", "live.test_problems", "live.test_benchmark", "replay.extra_test",
-             "parallel.coordinator", "parallel.process_id", "parallel.num_processes")
+             "parallel.coordinator", "parallel.process_id", "parallel.num_processes",
+             "plugins")  # plugins only register names; the keys that use them (reward.weights.X, ...) are compared
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -61,9 +61,9 @@ def iter_batches(groups: Iterable[list[Trajectory]], groups_per_batch: int, cfg,
                  ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, float]]]:
     """``(batch, info)`` for every ``groups_per_batch`` complete groups (a last partial batch is dropped,
     so every batch has one compiled shape). ``batch`` holds ``features``, ``actions``, ``old_logp``,
-    ``mask`` and ``advantages`` (rewards from ``cfg.reward``, group advantages from ``cfg.grpo``);
+    ``mask`` and ``advantages`` (rewards from ``cfg.reward``, advantages by ``cfg.grpo.adv_scale``);
     ``info`` the batch's mean reward, accuracy and large-token share."""
-    from roro_jax.rl.advantages import group_advantages
+    from roro_jax.rl.advantages import advantages
     from roro_jax.rl.rewards import compute_rewards
 
     G = cfg.grpo.group_size
@@ -75,7 +75,7 @@ def iter_batches(groups: Iterable[list[Trajectory]], groups_per_batch: int, cfg,
         arrays = pad_trajectories(buf, max_steps=cfg.rollout.max_steps, n_features=n_features)
         rb = reward_inputs(buf)
         rewards, _ = compute_rewards(rb, dict(cfg.reward.weights), mode=cfg.reward.combine, group_size=G)
-        adv = group_advantages(rewards, G, scale=cfg.grpo.adv_scale, eps=cfg.grpo.adv_eps)
+        adv = advantages(rewards, G, estimator=cfg.grpo.adv_scale, eps=cfg.grpo.adv_eps)
         batch = {"features": arrays["features"], "actions": arrays["actions"], "old_logp": arrays["logp"],
                  "mask": arrays["mask"], "advantages": np.asarray(adv, np.float32)}
         info = {"reward": float(np.mean(rewards)), "accuracy": float(rb["correct"].mean()),

@@ -105,14 +105,15 @@ class RouterLearner:
 
 # ----------------------------------------------------------------------------------- training loop ---
 def score_trajectories(reward_batch, cfg):
-    """Rewards from the registry, then group advantages: ``(rewards [N], terms, advantages [N])``."""
-    from roro_jax.rl.advantages import group_advantages
+    """Rewards from the registry, then advantages by the registered estimator ``grpo.adv_scale``:
+    ``(rewards [N], terms, advantages [N])``."""
+    from roro_jax.rl.advantages import advantages
     from roro_jax.rl.rewards import compute_rewards
 
     g = cfg.grpo
     rewards, terms = compute_rewards(reward_batch, dict(cfg.reward.weights), mode=cfg.reward.combine,
                                      group_size=g.group_size)
-    adv = group_advantages(rewards, g.group_size, scale=g.adv_scale, eps=g.adv_eps)
+    adv = advantages(rewards, g.group_size, estimator=g.adv_scale, eps=g.adv_eps)
     return rewards, terms, adv
 
 

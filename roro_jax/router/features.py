@@ -20,6 +20,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from roro_jax.registry import Registry
+
 LOW_CONF = 0.5  # a token is "low-confidence" when its chosen-token probability is below this
 
 
@@ -34,24 +36,24 @@ class FeatureFamily:
         return len(self.names)
 
 
-FEATURE_FAMILIES: dict[str, FeatureFamily] = {}
+# name -> FeatureFamily; ``router.features`` picks one
+FEATURE_FAMILIES: Registry[FeatureFamily] = Registry("feature family")
 
 
 def register_feature_family(name: str, names: tuple[str, ...]):
     """Decorator: ``@register_feature_family("mine", ("f1", "f2"))`` adds a family to the registry."""
 
     def deco(fn):
-        FEATURE_FAMILIES[name] = FeatureFamily(name, tuple(names), fn)
+        FEATURE_FAMILIES.add(name, FeatureFamily(name, tuple(names), fn))
         return fn
 
     return deco
 
 
 def get_family(name: str) -> FeatureFamily:
-    try:
-        return FEATURE_FAMILIES[name]
-    except KeyError:
-        raise KeyError(f"unknown feature family {name!r}; registered: {sorted(FEATURE_FAMILIES)}") from None
+    """The family ``name`` (:class:`~roro_jax.registry.UnknownNameError`, a ``KeyError``, listing the
+    registered families otherwise)."""
+    return FEATURE_FAMILIES.get(name)
 
 
 def _masked_mean(x, m, axis=-1):

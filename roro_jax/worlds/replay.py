@@ -63,6 +63,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from roro_jax.paths import shared_data_dir
+from roro_jax.registry import Registry
 from roro_jax.types import ESCALATE, KEEP, LARGE, SMALL, InputError, Step, Trajectory
 
 DEFAULT_EPISODES = "math500"
@@ -308,17 +309,13 @@ class RouteContext:
 
 
 OutcomeRule = Callable[..., np.ndarray]
-OUTCOME_RULES: dict[str, OutcomeRule] = {}
+# name -> ``fn(ctx: RouteContext, **params) -> bool[...]``; ``replay.outcome_rule`` picks one
+OUTCOME_RULES: Registry[OutcomeRule] = Registry("outcome rule")
 
 
 def register_outcome_rule(name: str):
     """Decorator: ``@register_outcome_rule("mine") def f(ctx: RouteContext, **params) -> bool[...]``."""
-
-    def deco(fn):
-        OUTCOME_RULES[name] = fn
-        return fn
-
-    return deco
+    return OUTCOME_RULES.register(name)
 
 
 @register_outcome_rule("last_writer")
@@ -374,6 +371,15 @@ class RouteBatch:
     outcome_rule: str
     is_estimate: bool = True
 
+    def reward_batch(self) -> dict[str, np.ndarray]:
+        """The reward batch of these routes (the fields of :mod:`roro_jax.worlds.reward_fields`, without
+        ``process``): ``correct``, ``large_share``, ``escalation_rate``, ``small_tokens``, ``large_tokens``."""
+        return {"correct": np.asarray(self.correct, np.float32),
+                "large_share": np.asarray(self.large_share, np.float32),
+                "escalation_rate": (self.n_escalations / np.maximum(self.n_steps, 1)).astype(np.float32),
+                "small_tokens": np.asarray(self.small_tokens, np.float32),
+                "large_tokens": np.asarray(self.large_tokens, np.float32)}
+
 
 class ReplayWorld:
     """Routing over recorded episodes; outcome of mixed routes estimated by ``outcome_rule``.
@@ -396,8 +402,7 @@ class ReplayWorld:
         self.episodes: list[Episode] = list(episodes)
         if not self.episodes:
             raise ValueError("ReplayWorld: no episodes")
-        if outcome_rule not in OUTCOME_RULES:
-            raise KeyError(f"unknown outcome rule {outcome_rule!r}; known: {sorted(OUTCOME_RULES)}")
+        OUTCOME_RULES.get(outcome_rule)  # UnknownNameError listing the rules
         self.outcome_rule = outcome_rule
         self.rule_params = dict(rule_params)
         OUTCOME_RULES[outcome_rule](self._probe_context(), **self.rule_params)  # bad params fail now

@@ -40,6 +40,18 @@ def outcomes(key, actions, critical, mask, fail_prob: float = 0.9):
     return correct, share
 
 
+def reward_batch(correct, actions, mask) -> dict[str, jnp.ndarray]:
+    """The reward batch of routed trajectories (the fields of :mod:`roro_jax.worlds.reward_fields`; the
+    synthetic world has no text, so one step counts as one token): ``correct``, ``large_share``,
+    ``escalation_rate`` (both the escalated share of the steps), ``small_tokens``, ``large_tokens``."""
+    m = mask.astype(jnp.float32)
+    large = jnp.sum(actions * m, -1)
+    steps = jnp.sum(m, -1)
+    share = large / jnp.maximum(steps, 1.0)
+    return {"correct": jnp.asarray(correct, jnp.float32), "large_share": share, "escalation_rate": share,
+            "small_tokens": steps - large, "large_tokens": large}
+
+
 def expand_groups(x, group_size: int):
     """[Q, ...] -> [Q * G, ...] group-major (each query repeated G times)."""
     return jnp.repeat(x, group_size, axis=0)

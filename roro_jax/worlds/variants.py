@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from roro_jax.registry import Registry
 from roro_jax.tasks import toy
 from roro_jax.worlds.toy import toy_assets_dir
 
@@ -72,18 +73,19 @@ class ToyWorld:
 
 _CHAIN = toy.difficulty("chain")
 
-WORLDS: dict[str, ToyWorld] = {}
+# name -> ToyWorld; ``toy.variant`` picks one
+WORLDS: Registry[ToyWorld] = Registry("toy world")
 
 
 def register_world(world: ToyWorld) -> ToyWorld:
-    WORLDS[world.name] = world
-    return world
+    """Add ``world`` under ``world.name`` (then ``toy.variant=<name>``); returns it."""
+    return WORLDS.add(world.name, world)
 
 
 def get_world(name: str) -> ToyWorld:
-    if name not in WORLDS:
-        raise KeyError(f"unknown toy world {name!r}; known: {sorted(WORLDS)}")
-    return WORLDS[name]
+    """The toy world ``name`` (:class:`~roro_jax.registry.UnknownNameError`, a ``KeyError``, listing the
+    registered worlds otherwise)."""
+    return WORLDS.get(name)
 
 
 register_world(ToyWorld(

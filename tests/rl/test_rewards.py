@@ -51,8 +51,21 @@ def test_user_term_registered_without_touching_trainer():
         R.REWARD_TERMS.pop("brevity_test")
 
 
+def test_terms_declare_the_fields_they_read():
+    assert R.reward_needs("outcome") == ("correct",) and R.reward_needs("cost") == ("large_share",)
+    assert R.reward_needs("process") == ("process",) and R.reward_needs("escalations") == ("escalation_rate",)
+    R.register_reward("needs_test", needs="seconds")(lambda b: -b["seconds"])
+    try:
+        assert R.reward_needs("needs_test") == ("seconds",)
+    finally:
+        R.REWARD_TERMS.pop("needs_test")
+    with pytest.raises(KeyError, match="unknown reward term 'needs_test'"):
+        R.reward_needs("needs_test")
+
+
 def test_errors():
-    with pytest.raises(KeyError, match="unknown reward terms"):
+    with pytest.raises(KeyError, match=r"unknown reward term 'nope'; registered: \['cost', 'escalations', "
+                                       r"'outcome', 'process'"):
         R.compute_rewards(batch(), {"nope": 1.0})
     with pytest.raises(KeyError, match="needs batch field 'process'"):
         R.compute_rewards({"correct": jnp.ones(2)}, {"process": 1.0})

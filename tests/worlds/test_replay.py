@@ -424,3 +424,19 @@ def test_prm_gate_threshold_is_inclusive_and_defaults_to_a_half(world):
     assert correct(prm_threshold=0.9) == [True, False]  # 0.9 meets 0.9
     assert correct(prm_threshold=0.2) == [True, True]
     assert correct(prm_threshold=0.95) == [False, False]
+
+
+def test_reward_batch_holds_the_declared_fields(world):
+    """``RouteBatch.reward_batch`` holds the replay world's declared reward fields (roro_jax.worlds.reward_fields;
+    ``process`` comes from the scorer) and agrees with the same routes as trajectories (what the toy world's
+    rollout scores, ``roro_jax.rl.stream.reward_inputs``)."""
+    from roro_jax.rl.stream import reward_inputs
+    from roro_jax.worlds.reward_fields import REWARD_FIELDS
+
+    acts = np.array([[0, 1, 1, 0], [0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 1]])
+    rb = world.route(acts).reward_batch()
+    assert set(rb) | {"process"} == REWARD_FIELDS["replay"]
+    want = reward_inputs(world.trajectories(acts, np.arange(4)))
+    assert set(rb) == set(want)
+    for k in rb:
+        np.testing.assert_allclose(rb[k], want[k], rtol=1e-6, err_msg=k)
