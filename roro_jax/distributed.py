@@ -137,6 +137,12 @@ def initialize_from_config(parallel, *, timeout_s: int = 300) -> bool:
     return initialize(coordinator, num_processes, process_id, timeout_s=timeout_s)
 
 
+def is_primary() -> bool:
+    """True in process 0, the one that writes a run's shared files (config, metrics log) and commits its
+    checkpoints; always True in a single process."""
+    return jax.process_index() == 0
+
+
 def spans_processes(sharding: Sharding) -> bool:
     """True if ``sharding`` includes devices of other processes (so host data must be assembled)."""
     return not sharding.is_fully_addressable
