@@ -213,8 +213,9 @@ def test_shared_checkpoints_survive_a_kill_and_restore_on_other_device_counts(tm
     finally:
         stop(procs)
     steps_after_kill = committed_steps(out)  # a commit under way at the kill may have completed
+    failed = "Connection closed by peer" in procs[0].log_path.read_text()
     print(f"process 1 SIGKILLed after update {killed_after} (checkpoints {steps_at_kill}, then {steps_after_kill}); "
-          f"process 0: {rc0}")
+          f"process 0: {rc0}{', its collective failed (connection closed by peer)' if failed else ''}")
 
     # both restart with the same commands and resume from the last committed checkpoint
     procs = start_pair(out, port, "run2")
@@ -258,6 +259,39 @@ def test_shared_checkpoints_survive_a_kill_and_restore_on_other_device_counts(tm
           f"max loss diff {loss_diff:.3g}; restored on 8 and on 4 devices: identical")
     for a, b in zip(ref_params, restored[8]):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+
+
+def test_saved_param_shapes_are_read_without_starting_jax(tmp_path):
+    """``roro router``'s preflight compares the newest checkpoint's parameter shapes with the config before
+    a resuming process joins ``jax.distributed``, so reading them must not start a JAX backend (orbax's
+    metadata readers do: the multi-process resume above then fails). A checkpoint without the recorded
+    shapes (written before they were) falls back to orbax's metadata."""
+    from roro_jax.config import load_config
+    from roro_jax.rl.checkpoint import SHAPES_KEY, Checkpointer, param_shapes, saved_param_shapes
+    from roro_jax.rl.trainer import RouterLearner
+
+    cfg = load_config(None, CKPT_ARGS)
+    learner = RouterLearner(cfg, cfg.synthetic.features)
+    ck = Checkpointer(tmp_path, every=1)
+    learner.save(ck, {"update": 0}, force=True)
+    ck.close()
+    want = param_shapes(learner.params)
+    assert want and saved_param_shapes(tmp_path, 0) == want
+    code = ("import json, sys; from jax._src import xla_bridge; from roro_jax.rl.checkpoint import saved_param_shapes; "
+            "s = saved_param_shapes(sys.argv[1], 0); "
+            "print(json.dumps({'backend_started': xla_bridge.backends_are_initialized(), 'shapes': s}))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=worker_env(free_port()),
+                       capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["backend_started"] is False
+    assert {k: tuple(v) for k, v in got["shapes"].items()} == want
+
+    meta_file = tmp_path / "0" / "meta" / "metadata"  # where orbax's JsonSave puts the meta
+    meta = json.loads(meta_file.read_text())
+    del meta[SHAPES_KEY]
+    meta_file.write_text(json.dumps(meta))
+    assert saved_param_shapes(tmp_path, 0) == want
 
 
 def test_settings_from_config_keys_then_env(monkeypatch):
