@@ -260,6 +260,22 @@ def test_shared_checkpoints_survive_a_kill_and_restore_on_other_device_counts(tm
     for a, b in zip(ref_params, restored[8]):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
 
+    # ... and `roro router`'s loop continues from it in this one process on 4 devices (parallel.devices is a
+    # training key: a changed config, allowed explicitly), like the reference continued on 8
+    more = [f"train.updates={CKPT_UPDATES + 2}", "parallel.num_processes=1"]
+    cfg4 = load_config(None, CKPT_ARGS + more + ["parallel.devices=4", "checkpoint.allow_config_change=true",
+                                                 f"out_dir={out}"])
+    with pytest.warns(UserWarning, match="parallel.devices: 0 -> 4"):
+        learner4, hist = train_router_synthetic(cfg4, progress=False)
+    ref_learner, _ = train_router_synthetic(load_config(None, CKPT_ARGS + more + [f"out_dir={tmp_path / 'ref'}"]),
+                                            progress=False)
+    assert [r["update"] for r in hist] == [CKPT_UPDATES + 1, CKPT_UPDATES + 2] and hist[0]["devices"] == 4
+    assert [r["update"] for r in logged(out)] == list(range(1, CKPT_UPDATES + 3))
+    diff4 = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                zip(jax.tree.leaves(jax.device_get(ref_learner.params)), jax.tree.leaves(jax.device_get(learner4.params))))
+    print(f"continued on 1 process x 4 devices to update {CKPT_UPDATES + 2}: max |params - reference| = {diff4:.3g}")
+    assert diff4 <= 1e-6
+
 
 def test_saved_param_shapes_are_read_without_starting_jax(tmp_path):
     """``roro router``'s preflight compares the newest checkpoint's parameter shapes with the config before
