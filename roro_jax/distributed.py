@@ -41,6 +41,11 @@ What each process must supply (the data contract of ``make_update``'s update fun
 - Outputs (state, metrics) are fully replicated, so every process can read them (``float(m)``,
   ``jax.device_get(state.params)``) and all processes hold identical parameters.
 
+Files: the processes of one run share one ``out_dir`` on a filesystem all of them see. Process 0
+(:func:`is_primary`) writes ``config.yaml`` and ``metrics.jsonl``; every process takes part in each
+checkpoint save and restore, and process 0 commits each step (:mod:`roro_jax.rl.checkpoint`). A
+checkpoint restores on any other process or device count.
+
 A single process (``num_processes`` unset or 1) does nothing here and behaves exactly as before.
 """
 
@@ -135,6 +140,12 @@ def initialize_from_config(parallel, *, timeout_s: int = 300) -> bool:
     the ``RORO_*`` environment variables; a no-op for one process."""
     coordinator, num_processes, process_id = settings(parallel)
     return initialize(coordinator, num_processes, process_id, timeout_s=timeout_s)
+
+
+def is_primary() -> bool:
+    """True in process 0, the one that writes a run's shared files (config, metrics log) and commits its
+    checkpoints; always True in a single process."""
+    return jax.process_index() == 0
 
 
 def spans_processes(sharding: Sharding) -> bool:

@@ -20,6 +20,19 @@ What is guaranteed:
   step, the directory and the error. If no step restores it raises :class:`CheckpointRestoreError`
   listing each step's failure. :meth:`Checkpointer.set_aside_newer` then moves the skipped steps out of
   the step sequence (renamed, not deleted) so that training can save those steps again.
+
+Several processes (``jax.distributed``, see :mod:`roro_jax.distributed`) share ONE checkpoint directory,
+which must be on a filesystem every process sees. Every process calls :meth:`Checkpointer.maybe_save`
+with the same global ``jax.Array`` state; orbax writes each array shard once (the process that holds
+its first replica: for the replicated train state that is the primary process, 0), the small JSON meta
+is written by the primary process only, and after a barrier over all processes the primary process
+commits the step (renames its tmp directory). Every process restores from the same directory, into the
+shardings of its own ``target_state``: a checkpoint written by 2 processes x 4 devices restores in
+1 process x 8 devices, 1 process x 4 devices, or the reverse, because the saved arrays are global
+arrays, independent of the mesh that wrote them. The parameter shapes are also recorded in the meta
+(key ``_param_shapes``) so that :func:`saved_param_shapes` reads them as plain JSON, without touching
+JAX (a multi-process run must join ``jax.distributed`` before anything initialises a JAX backend;
+orbax's metadata readers do initialise one).
 """
 
 from __future__ import annotations
@@ -38,6 +51,8 @@ import orbax.checkpoint as ocp
 from roro_jax.types import InputError
 
 DIGEST_KEY = "_sha256"
+SHAPES_KEY = "_param_shapes"
+PRIMARY_PROCESS = 0  # writes the meta, commits each step, renames set-aside steps
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -69,8 +84,23 @@ def param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {_name(p): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
 
 
+def _saved_meta(directory: str | Path, step: int) -> dict | None:
+    """Step ``step``'s JSON meta read as a plain file (orbax's ``JsonSave`` writes ``<step>/meta/metadata``),
+    or None when it is missing or unreadable."""
+    try:
+        data = json.loads((Path(directory) / str(step) / "meta" / "metadata").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def saved_param_shapes(directory: str | Path, step: int) -> dict[str, tuple[int, ...]]:
-    """The parameter shapes stored in checkpoint ``step`` (read from orbax's metadata; no arrays read)."""
+    """The parameter shapes stored in checkpoint ``step``: from the meta's ``_param_shapes`` (plain JSON,
+    no JAX backend started), else, for checkpoints written before it existed, orbax's array metadata
+    (no arrays read)."""
+    shapes = (_saved_meta(directory, step) or {}).get(SHAPES_KEY)
+    if isinstance(shapes, dict):
+        return {str(k): tuple(int(n) for n in v) for k, v in shapes.items()}
     meta = ocp.StandardCheckpointer().metadata(Path(directory) / str(step) / "state")
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
@@ -121,15 +151,22 @@ class Checkpointer:
     def __init__(self, directory: str | Path, every: int = 1, keep: int = 3):
         self.directory = Path(directory).absolute()
         self.every = max(every, 1)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1), create=True)
+        # all processes of a run take part in every save and restore, process 0 commits (see module doc)
+        multiprocessing = ocp.options.MultiprocessingOptions(primary_host=PRIMARY_PROCESS)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1), create=True,
+                                               multiprocessing_options=multiprocessing)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def maybe_save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
         """Save when ``step`` is a multiple of ``every`` (``every=10``: steps 10, 20, ...; orbax alone also
-        saves the first step it sees) or when ``force``; returns whether it saved."""
+        saves the first step it sees) or when ``force``; returns whether it saved. With several processes
+        every process calls it with the same step and the same global state (see module doc)."""
         if not (force or step % self.every == 0):
             return False
         meta = dict(meta or {})
+        params = getattr(state, "params", None)
+        if params is not None:
+            meta[SHAPES_KEY] = {k: list(v) for k, v in param_shapes(params).items()}
         digest = state_digest(state, meta)
         if digest is not None:
             meta[DIGEST_KEY] = digest
@@ -184,20 +221,23 @@ class Checkpointer:
         if digest is not None and digest != state_digest(state, meta):
             raise ValueError(f"checksum mismatch: the values restored from step {step} are not the ones saved "
                              "(corrupt data, or a target whose dtypes differ from the saved ones)")
+        meta.pop(SHAPES_KEY, None)
         return state, meta
 
     def set_aside_newer(self, step: int) -> list[int]:
         """Rename every step newer than ``step`` to ``<step>.unrestorable-<ns>`` (orbax ignores such
         directories), so that a run resumed from ``step`` can save those steps again; returns those steps.
-        With several processes the primary one renames and the others wait for it."""
+        With several processes every process must call it (the primary one renames, the others wait for it
+        at a barrier that does not depend on what each process saw: one that listed the directory after
+        the renames sees nothing newer)."""
         newer = sorted(x for x in self.all_steps() if x > step)
-        if not newer:
-            return []
-        if ocp.multihost.process_index() == 0:
+        if newer and ocp.multihost.process_index() == PRIMARY_PROCESS:
             for s in newer:
                 (self.directory / str(s)).rename(self.directory / f"{s}.unrestorable-{time.time_ns()}")
-        ocp.multihost.sync_global_processes(f"roro_set_aside_newer_{step}_{newer[-1]}")
-        self.manager.reload()
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes(f"roro_set_aside_newer_{step}")
+        if newer or jax.process_count() > 1:
+            self.manager.reload()
         return newer
 
     def clear(self) -> None:

@@ -139,6 +139,13 @@ def _log_lines_upto(path, update: int) -> list[str]:
     return kept
 
 
+class _NoLog:
+    """The metrics log of a process other than 0 (process 0 writes the shared one)."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+
 def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, stop_after: int | None = None,
                  progress: bool = True, desc: str = "router GRPO"):
     """The online GRPO loop shared by every world.
@@ -159,7 +166,12 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     ``logging.tensorboard=true``). Lines after the restored checkpoint are dropped on resume, so the log has
     no duplicates and no gaps; the first line of a resumed run carries ``resumed_from``. A resumed run says
     where it resumed; a finished run says so and prints its last metrics. Returns the history of this call.
+
+    With several processes (:mod:`roro_jax.distributed`) every process runs this loop with the same ``cfg``
+    and the same ``out_dir`` (on a filesystem all of them see): they share one checkpoint directory, and
+    only process 0 writes ``config.yaml``, ``metrics.jsonl`` and TensorBoard events.
     """
+    import contextlib
     import json
     import time
     import warnings
@@ -184,10 +196,14 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
         ckpt.set_aside_newer(start)  # so that the resumed run can save those steps again
     elif not resume:
         ckpt.clear()  # a fresh run replaces the old run's checkpoints
-    save_run_config(cfg, out)
+    # several processes share out_dir: process 0 writes config.yaml and the metrics log, every process
+    # takes part in each checkpoint save and restore (roro_jax.rl.checkpoint)
+    primary = distributed.is_primary()
     log_path = out / "metrics.jsonl"
-    kept = _log_lines_upto(log_path, start) if start and log_path.exists() else []
-    log_path.write_text("".join(ln + "\n" for ln in kept))
+    kept = _log_lines_upto(log_path, start) if primary and start and log_path.exists() else []
+    if primary:
+        save_run_config(cfg, out)
+        log_path.write_text("".join(ln + "\n" for ln in kept))
     if start >= cfg.train.updates:
         last = json.loads(kept[-1]) if kept else {}
         summary = ", ".join(f"{n} {last[n]:.3f}" for n in ("reward", "accuracy", "large_share", "loss") if n in last)
@@ -203,7 +219,7 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     history = []
     bar = tqdm(range(start, end), desc=desc, disable=not progress, initial=start, total=cfg.train.updates)
     t_run = time.perf_counter()
-    with MetricsLog(log_path, cfg, start) as log:
+    with MetricsLog(log_path, cfg, start) if primary else contextlib.nullcontext(_NoLog()) as log:
         for k in bar:
             t0 = time.perf_counter()
             kc, ku = jax.random.split(jax.random.fold_in(key, k))
