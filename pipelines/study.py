@@ -473,6 +473,14 @@ def render(summary: dict) -> str:
             continue
         m = pts.mean(0)
         lines.append(f"| {arm} | " + " | ".join(f"{a:.3f} / {c:.3f}" for c, a in m) + " |")
+    res = threshold_residuals(summary)
+    if res:
+        lines += ["", "Accuracy above the confidence threshold's front at the same large share (router point minus "
+                      "the threshold front there, mean over seeds; > 0: better routing than the threshold, not just "
+                      "another operating point):", "",
+                  "| arm | " + " | ".join(f"λ_c = {lc:g}" for lc in lcs) + " | mean |", "|---|" + "---|" * (len(lcs) + 1)]
+        for arm, r in res.items():
+            lines.append(f"| {arm} | " + " | ".join(f"{v:+.3f}" for v in r) + f" | {np.mean(r):+.3f} |")
     lines += ["", "Paired bootstrap (test problems resampled jointly for every arm and seed; 95% interval of the "
                   "seed-mean difference):", "", "| difference | " + " | ".join(cols) + " |",
               "|---|" + "---|" * len(cols)]
@@ -493,6 +501,28 @@ def render(summary: dict) -> str:
                  for k in ("rule", "no_rubric", "rubric") if k in r]
         lines.append(f"- seed {s}: " + ", ".join(parts) + f"; gate {r['gate']}")
     return "\n".join(lines) + "\n"
+
+
+def threshold_residuals(summary: dict) -> dict[str, list[float]]:
+    """Per trained arm, per λ_c (mean over seeds): the router's test accuracy minus the confidence-threshold
+    front's accuracy at the router's large share (the front of that seed's threshold points and the SRM-only
+    point, interpolated as in :func:`acc_at_budget`). Two arms at different operating points on the same
+    front get the same residual, so this separates better routing from a shifted operating point."""
+    per_seed, srm = summary["per_seed"], summary["endpoints"]["srm"]["mean"]
+    if "threshold" not in per_seed:
+        return {}
+    out = {}
+    for arm in summary["arms"]:
+        if arm == "threshold":
+            continue
+        rows = []
+        for row, th in zip(per_seed[arm], per_seed["threshold"]):
+            tc = np.asarray([[c for c, _ in th["points"]]])
+            ta = np.asarray([[a for _, a in th["points"]]])
+            rows.append([a - acc_at_budget(tc, ta, srm, c)[0] for c, a in row["points"]])
+        if rows and all(len(r) == len(rows[0]) for r in rows):
+            out[arm] = [float(v) for v in np.mean(rows, 0)]
+    return out
 
 
 def _f2(x) -> str:

@@ -64,3 +64,18 @@ def test_no_judge_arm_skips_the_rubric_stage(tmp_path):
     assert res is None and objects == {} and len(explore) == opts.explore == len(queries)
     assert not any(tmp_path.iterdir())  # no exploration store, no pairs, no rubric folder
     assert S._rubric_brief(None) == {}
+
+
+def test_threshold_residuals_separate_a_shifted_point_from_a_better_one():
+    """A router point on the threshold's front (another operating point) has residual 0; one above it by
+    0.05 has +0.05; the front includes the SRM-only point and mixes of two threshold points."""
+    th = {"seed": 0, "points": [[0.2, 0.6], [0.6, 1.0]]}
+    summary = {"arms": ["outcome", "roro", "threshold"], "endpoints": {"srm": {"mean": 0.2}},
+               "per_seed": {"threshold": [th, th],
+                            "outcome": [{"points": [[0.4, 0.8], [0.1, 0.4]]}, {"points": [[0.4, 0.8], [0.1, 0.4]]}],
+                            "roro": [{"points": [[0.4, 0.85], [0.1, 0.3]]}, {"points": [[0.4, 0.75], [0.1, 0.5]]}]}}
+    res = S.threshold_residuals(summary)
+    np.testing.assert_allclose(res["outcome"], [0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(res["roro"], [0.0, 0.0], atol=1e-12)  # +0.05 and -0.05 over the two seeds
+    summary["per_seed"]["roro"][1] = {"points": [[0.4, 0.85], [0.1, 0.5]]}
+    np.testing.assert_allclose(S.threshold_residuals(summary)["roro"], [0.05, 0.0], atol=1e-12)
