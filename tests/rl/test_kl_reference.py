@@ -189,3 +189,29 @@ def test_the_update_refuses_beta_without_any_reference():
              "advantages": np.zeros(4, np.float32)}
     with pytest.raises(ValueError, match="grpo.beta=0.1 needs a reference"):
         learner.update(batch, jax.random.PRNGKey(0))
+
+
+def test_training_on_a_store_adds_the_kl(tmp_path):
+    """``train_on_store`` (the store-fed training of the replay/live collections) runs the same update."""
+    from roro_jax.rl.stream import train_on_store
+    from roro_jax.router.features import get_family
+    from roro_jax.store import TrajectoryStore
+    from roro_jax.types import ESCALATE, Step, Trajectory
+
+    cfg = load_config(None, ["grpo.beta=0.1", "grpo.group_size=4", "grpo.minibatches=2", "grpo.epochs=2",
+                             "router.hidden=[16]", "rollout.max_steps=3"])
+    F = get_family(cfg.router.features).dim
+    rng = np.random.default_rng(0)
+
+    def traj(q, g):
+        acts = rng.integers(0, 2, 3)
+        steps = [Step(index=i, text="s\n\n", token_ids=[1, 2], action=int(a), action_logp=-0.7,
+                      features=rng.standard_normal(F).tolist(), small_tokens=2, large_tokens=2 * int(a),
+                      model="large" if a == ESCALATE else "small") for i, a in enumerate(acts)]
+        return Trajectory(query_id=q, sample_idx=g, policy_id="p", steps=steps, correct=bool(rng.random() < 0.5))
+
+    store = TrajectoryStore(tmp_path / "s.jsonl")
+    store.add_many(traj(f"q{q}", g) for q in range(8) for g in range(4))
+    learner = RouterLearner(cfg, F)
+    hist = train_on_store(learner, tmp_path / "s.jsonl", cfg, groups_per_batch=4)
+    assert len(hist) == 2 and all(np.isfinite(h["kl_ref"]) for h in hist) and hist[-1]["kl_ref"] > 0
