@@ -215,3 +215,22 @@ def test_training_on_a_store_adds_the_kl(tmp_path):
     learner = RouterLearner(cfg, F)
     hist = train_on_store(learner, tmp_path / "s.jsonl", cfg, groups_per_batch=4)
     assert len(hist) == 2 and all(np.isfinite(h["kl_ref"]) for h in hist) and hist[-1]["kl_ref"] > 0
+
+
+def test_a_run_folder_from_before_grpo_reference_still_resumes(tmp_path):
+    """A run saved before ``grpo.reference`` existed (its config.yaml lacks the key) resumes: an absent key
+    counts as its default; another value than the default is still a change."""
+    from omegaconf import OmegaConf
+
+    from roro_jax.rl.run_dir import RUN_CONFIG, config_changes
+
+    cfg = load_config(None, BASE + ["train.updates=2", f"out_dir={tmp_path}"])
+    train_router_synthetic(cfg, resume=False, stop_after=1, progress=False)
+    saved = OmegaConf.to_container(OmegaConf.load(tmp_path / RUN_CONFIG))
+    del saved["grpo"]["reference"]
+    (tmp_path / RUN_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    _, hist = train_router_synthetic(cfg, resume=True, progress=False)
+    assert [h["update"] for h in hist] == [2]
+    assert config_changes(saved, load_config(None, BASE + ["train.updates=2", f"out_dir={tmp_path}",
+                                                           "grpo.reference=none"])) == \
+        [("grpo.reference", "init", "none")]
