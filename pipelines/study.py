@@ -51,6 +51,7 @@ from pipelines.rubric import process_scorer
 from roro_jax.config import load_config
 from roro_jax.eval.metrics import curve_metrics_batched
 from roro_jax.rl.trainer import RouterLearner, score_trajectories
+from roro_jax.rl.reference import reference_params
 from roro_jax.rl.update import init_state
 from roro_jax.rollout import rollout
 from roro_jax.router.baselines import ConfidenceThreshold, lrm_only, srm_only
@@ -224,7 +225,8 @@ def make_routers(arms, opts: StudyOptions, lambda_p: dict[str, float], objects, 
         scorer = ARMS[arm]
         fn = None if scorer is None else process_scorer(scorer, objects, queries)
         for lc in opts.lambda_c:
-            state = jax.tree.map(jnp.array, init_state(jax.tree.map(np.array, params0), learner.tx))
+            p0 = jax.tree.map(np.array, params0)
+            state = jax.tree.map(jnp.array, init_state(p0, learner.tx, reference_params(learner.cfg.grpo, p0)))
             routers.append(Router(arm, lc, lambda_p.get(arm, 0.0) if fn else 0.0, fn, state))
     return routers
 

@@ -61,6 +61,12 @@ def _outcome_rules():
     return OUTCOME_RULES
 
 
+def _references():
+    from roro_jax.rl.reference import REFERENCES
+
+    return REFERENCES
+
+
 def _registry(default, registry):
     """A name that must be registered in ``registry()`` (read at load time)."""
     return field(default=default, metadata={"registry": registry})
@@ -120,7 +126,10 @@ class GRPOConfig:
     max_grad_norm: float = _at_least(1.0, 0.0)
     clip_eps: float = _at_least(0.2, 0.0)
     clip_eps_high: Optional[float] = None
-    beta: float = _at_least(0.0, 0.0)  # KL-to-reference weight
+    beta: float = _at_least(0.0, 0.0)  # KL-to-reference weight (0 = no KL term)
+    # the reference policy of the KL term (roro_jax.rl.reference.REFERENCES): init (the initial router,
+    # frozen; kept in the checkpoints) | none (then beta must be 0) | yours
+    reference: str = _registry("init", _references)
     kl: str = _registry("k3", _kl_estimators)  # roro_jax.rl.losses.KL_ESTIMATORS: k1 | k2 | k3 | exact | yours
     agg: str = _choice("token-mean", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
     entropy_coef: float = _at_least(0.0, 0.0)
@@ -421,7 +430,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
     except ValueError as e:  # a section's own __post_init__ validation (names the field)
         raise ConfigError(f"config ({', '.join(w for _, w in layers) or 'defaults'}): {e}") from None
     _check_choices(obj, layers)
+    _check_reference(obj, layers)
     return obj
+
+
+def _check_reference(obj, layers) -> None:
+    """``grpo.beta > 0`` needs a reference policy: with ``grpo.reference=none`` the KL term cannot apply."""
+    g = getattr(obj, "grpo", None)
+    if isinstance(g, GRPOConfig) and g.beta > 0 and g.reference == "none":
+        raise ConfigError(f"config key 'grpo.beta' ({_where('grpo.beta', layers)}): {g.beta:g} weights the KL to a "
+                          "reference policy, but grpo.reference=none gives none; set grpo.reference=init (the "
+                          "initial router, frozen) or grpo.beta=0")
 
 
 def to_yaml(cfg) -> str:

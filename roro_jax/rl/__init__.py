@@ -11,6 +11,8 @@ Modules (import what you need; nothing is re-exported here):
   advantage-estimator registry (``group``, ``batch``, ``none``, ``rloo``; ``register_advantage``).
 - :mod:`~roro_jax.rl.losses`: ``policy_loss`` (clipped ratio, asymmetric clip, k1/k2/k3/exact KL, three
   aggregations), ``bernoulli_kl``, ``bernoulli_entropy``, ``bradley_terry_loss``, the KL registry.
+- :mod:`~roro_jax.rl.reference`: the KL term's reference policy (``grpo.reference``: ``init``, the
+  initial router frozen, or ``none``; ``register_reference``), carried in ``TrainState.ref_params``.
 - :mod:`~roro_jax.rl.update`: ``make_update``: one jitted ``update(state, batch, rng)`` running epochs ×
   minibatches in ``lax.scan`` with donated state, in the ``single``, ``shard_map``, ``pmap`` and
   ``jit_sharded`` modes; ``validate_batch``.

@@ -58,8 +58,11 @@ def _plain_tree(d: Any) -> Any:
 
 
 def config_changes(saved: dict[str, Any], cfg) -> list[tuple[str, Any, Any]]:
-    """``(key, saved value, current value)`` for every key that differs and is not in :data:`FREE_KEYS`."""
+    """``(key, saved value, current value)`` for every key that differs and is not in :data:`FREE_KEYS`.
+    A key the saved config lacks (added to the schema after the run started, e.g. ``grpo.reference``) counts
+    as its default."""
     a, b = _flat(saved), _flat(resolved(cfg))
+    a = {**{k: v for k, v in _flat(resolved(type(cfg)())).items() if k in b}, **a}
     return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
             if not _free(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
 

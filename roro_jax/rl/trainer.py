@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from roro_jax import distributed
 from roro_jax.rl.checkpoint import Checkpointer
+from roro_jax.rl.reference import reference_params
 from roro_jax.rl.update import DATA, init_state, make_optimizer, make_update, policy_logp
 from roro_jax.router.mlp import RouterMLP, escalate_prob, make_router
 
@@ -55,7 +56,7 @@ class RouterLearner:
         model: RouterMLP = make_router(cfg.router, in_features, seed=cfg.seed, escalate_bias=escalate_bias)
         self.graphdef, params = nnx.split(model)
         self.tx = make_optimizer(cfg.grpo.lr, cfg.grpo.max_grad_norm)
-        self.state = init_state(params, self.tx)
+        self.state = init_state(params, self.tx, reference_params(cfg.grpo, params))  # grpo.reference when beta > 0
         mode = cfg.parallel.mode
         self.mesh = make_mesh(cfg.parallel.devices) if mode in ("shard_map", "jit_sharded", "pmap") else None
         if mode != "pmap" and self.mesh is not None:  # replicated on the mesh from the start (global over processes)

@@ -22,6 +22,12 @@ returns fully replicated outputs that every process can read. See ``roro_jax/dis
 
 A batch is a dict of arrays: ``features`` [B, T, F], ``actions`` [B, T] int, ``old_logp`` [B, T],
 ``mask`` [B, T], ``advantages`` [B], optional ``ref_logp`` [B, T].
+
+KL to a reference policy (``grpo.beta > 0``): the state carries the reference's parameters
+(``TrainState.ref_params``, :mod:`roro_jax.rl.reference`), and each minibatch step computes the reference
+log-probs of the taken actions from the same features inside the jitted program; the metrics then hold
+``kl_ref``, the token mean of the ``grpo.kl`` estimate. A batch's own ``ref_logp`` is the alternative for a
+state without a reference.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class TrainState:
     params: Any
     opt_state: Any
     step: jnp.ndarray
+    ref_params: Any = None  # the frozen reference policy of the KL term; None = no reference
 
 
 def make_optimizer(lr: float, max_grad_norm: float | None = 1.0) -> optax.GradientTransformation:
@@ -55,8 +62,9 @@ def make_optimizer(lr: float, max_grad_norm: float | None = 1.0) -> optax.Gradie
     return optax.chain(*chain, optax.adam(lr))
 
 
-def init_state(params, tx) -> TrainState:
-    return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+def init_state(params, tx, ref_params=None) -> TrainState:
+    return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+                      ref_params=ref_params)
 
 
 def policy_logp(graphdef, params, features, actions):
@@ -116,6 +124,13 @@ def _body(graphdef, tx, loss_kw: dict, epochs: int, minibatches: int, axis_name:
         return x if axis_name is None else jax.lax.psum(x, axis_name)
 
     def run(state: TrainState, batch, rng):
+        ref_params = state.ref_params
+        if ref_params is not None and "ref_logp" in batch:
+            raise ValueError("the state carries a reference policy (ref_params) and the batch its own ref_logp: "
+                             "give one")
+        if loss_kw["beta"] and ref_params is None and "ref_logp" not in batch:
+            raise ValueError(f"grpo.beta={loss_kw['beta']:g} needs a reference: a state with ref_params "
+                             "(roro_jax.rl.reference) or a batch with ref_logp")
         if axis_name is not None:  # every device sees the whole batch; minibatches are global
             batch = jax.tree.map(lambda x: jax.lax.all_gather(x, axis_name, tiled=True), batch)
             shard = jax.lax.axis_index(axis_name)
@@ -131,11 +146,15 @@ def _body(graphdef, tx, loss_kw: dict, epochs: int, minibatches: int, axis_name:
             # the denominator does not depend on params: reduce it first so the local loss is exact
             _, den = aggregate_terms(data["mask"], data["mask"], loss_kw["agg"])
             den = psum(den)
+            ref_logp = data.get("ref_logp")
+            if ref_params is not None:  # the frozen reference, on the same features and actions
+                ref_logp = jax.lax.stop_gradient(
+                    policy_logp(graphdef, ref_params, data["features"], data["actions"])[0])
 
             def loss_fn(p):
                 logp, ent = policy_logp(graphdef, p, data["features"], data["actions"])
                 terms = policy_loss_terms(logp, data["old_logp"], data["advantages"], data["mask"],
-                                          ref_logp=data.get("ref_logp"), entropy=ent, **loss_kw)
+                                          ref_logp=ref_logp, entropy=ent, **loss_kw)
                 return safe_div(terms["loss_sum"], den), terms
 
             grads, terms = jax.grad(loss_fn, has_aux=True)(params)
@@ -143,6 +162,8 @@ def _body(graphdef, tx, loss_kw: dict, epochs: int, minibatches: int, axis_name:
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             _, metrics = finalize_terms(terms)
+            if "kl" in metrics:
+                metrics["kl_ref"] = metrics.pop("kl")
             metrics["grad_norm"] = optax.tree.norm(grads)
             return (params, opt_state), metrics
 
@@ -153,7 +174,7 @@ def _body(graphdef, tx, loss_kw: dict, epochs: int, minibatches: int, axis_name:
         keys = jax.random.split(rng, epochs)
         (params, opt_state), metrics = jax.lax.scan(epoch, (state.params, state.opt_state), keys)
         metrics = jax.tree.map(jnp.mean, metrics)
-        return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return run
 

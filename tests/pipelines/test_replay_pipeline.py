@@ -3,6 +3,7 @@
 import json
 import warnings
 
+import jax
 import numpy as np
 import pytest
 
@@ -148,3 +149,13 @@ def test_extra_test_sets_are_checked_before_training(episodes, tmp_path):
     with pytest.raises(EpisodeFormatError, match=r"bad.jsonl:2: malformed JSON"):
         run_replay(bad, progress=False)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("router_lc*"))
+
+
+def test_replay_router_with_kl_to_the_reference(episodes, tmp_path):
+    """``grpo.beta > 0`` in the replay world: the KL to the initial router is in the loss and the log."""
+    learner0, _ = train_router_replay(cfg_for(episodes, tmp_path / "b0"), progress=False)
+    learner, hist = train_router_replay(cfg_for(episodes, tmp_path / "b1", ["grpo.beta=0.5"]), progress=False)
+    log = [json.loads(x) for x in (tmp_path / "b1" / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(np.isfinite(r["kl_ref"]) for r in log) and log[-1]["kl_ref"] > 0
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(m.params)]) for m in (learner0, learner))
+    assert not np.array_equal(a, b)

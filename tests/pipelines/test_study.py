@@ -79,3 +79,25 @@ def test_threshold_residuals_separate_a_shifted_point_from_a_better_one():
     np.testing.assert_allclose(res["roro"], [0.0, 0.0], atol=1e-12)  # +0.05 and -0.05 over the two seeds
     summary["per_seed"]["roro"][1] = {"points": [[0.4, 0.85], [0.1, 0.5]]}
     np.testing.assert_allclose(S.threshold_residuals(summary)["roro"], [0.05, 0.0], atol=1e-12)
+
+
+def test_study_routers_carry_the_reference_when_beta_is_set():
+    """Every router of the lock-step study gets the frozen initial router as its KL reference (beta > 0)."""
+    import jax
+    import numpy as np
+
+    from pipelines.study import StudyOptions, make_routers
+    from roro_jax.config import load_config
+    from roro_jax.rl.trainer import RouterLearner
+    from roro_jax.router.features import get_family
+
+    for beta, has_ref in ((0.0, False), (0.1, True)):
+        cfg = load_config(None, [f"grpo.beta={beta}", "router.hidden=[8]"])
+        learner = RouterLearner(cfg, get_family(cfg.router.features).dim)
+        routers = make_routers(["outcome"], StudyOptions(lambda_c=[0.1, 1.0]), {}, {}, {}, learner)
+        assert len(routers) == 2
+        for r in routers:
+            assert (r.state.ref_params is not None) == has_ref
+            if has_ref:
+                jax.tree.map(np.testing.assert_array_equal, jax.device_get(r.state.ref_params),
+                             jax.device_get(learner.params))

@@ -188,3 +188,13 @@ def test_process_scorers_registry():
         process_scorer("nope", {}, {})
     with pytest.raises(ValueError, match="no_rubric_baseline"):
         process_scorer("no_rubric_judge", {}, {})
+
+
+def test_toy_router_with_kl_to_the_reference(cfg0, engines, tmp_path):
+    """``grpo.beta > 0`` in the toy world: the KL to the initial router is in the loss and the log."""
+    cfg = dataclasses.replace(load_config(None, TOY + ["train.updates=2", "grpo.beta=0.5",
+                                                       "reward.weights.process=0"]), out_dir=str(tmp_path))
+    learner, hist = T.train_router_toy(cfg, engines, problems=T.train_problems(cfg0)[:4], progress=False)
+    log = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in log] == [1, 2] and all(np.isfinite(r["kl_ref"]) for r in log)
+    assert log[-1]["kl_ref"] > 0 and learner.state.ref_params is not None
