@@ -168,6 +168,11 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     no duplicates and no gaps; the first line of a resumed run carries ``resumed_from``. A resumed run says
     where it resumed; a finished run says so and prints its last metrics. Returns the history of this call.
 
+    A run that stops on an exception (``collect`` fails: e.g. a server died and the engine's retries are
+    spent; Ctrl-C) checkpoints its last completed update before the exception propagates, even between
+    ``checkpoint.every`` steps, and warns where it can be resumed: every logged update is on disk, and an
+    update cut off part-way is neither applied nor logged (one process only; see :func:`_save_on_failure`).
+
     With several processes (:mod:`roro_jax.distributed`) every process runs this loop with the same ``cfg``
     and the same ``out_dir`` (on a filesystem all of them see): they share one checkpoint directory, and
     only process 0 writes ``config.yaml``, ``metrics.jsonl`` and TensorBoard events.
