@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 
 from roro_jax.config import ConfigError, load_config, to_yaml
+from roro_jax.engines.base import EngineError
 from roro_jax.types import InputError
 
 # name -> (module under roro_jax.benchmarks, what it measures); the modules ship in the package
@@ -309,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, FileNotFoundError, IsADirectoryError) as e:
         print("roro: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
+    except EngineError as e:  # a server that died or refused, after the engine's retries: exit 1, no traceback
+        print("roro: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
+        return 1
     finally:
         warnings.showwarning = show
 

@@ -159,10 +159,13 @@ def check_tensorboard(cfg, ctx: Context) -> None:
 
 def router_run_dir(cfg, command: str) -> Path | None:
     """The folder ``roro router`` trains in (None for commands that train several routers: each is
-    checked when it starts)."""
+    checked when it starts): ``<out_dir>/router`` in the toy and live worlds with a process reward (the
+    exploration, pairs and rubric stages fill ``out_dir`` first, :func:`pipelines.roro.train_router`),
+    else ``out_dir``."""
     if command != "router":
         return None
-    return Path(cfg.out_dir) / "router" if cfg.world in ("toy", "live") else Path(cfg.out_dir)
+    staged = cfg.world in ("toy", "live") and dict(cfg.reward.weights).get("process", 0.0)
+    return Path(cfg.out_dir) / "router" if staged else Path(cfg.out_dir)
 
 
 def router_in_features(cfg) -> int:

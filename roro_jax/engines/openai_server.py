@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from roro_jax.engines.base import SamplingParams, StepRequest, StepResult
+from roro_jax.engines.base import EngineError, SamplingParams, StepRequest, StepResult
 
 __all__ = [
     "EndpointUnavailableError", "EngineError", "EngineRequestError", "MalformedResponseError",
@@ -56,10 +56,6 @@ __all__ = [
 
 MAX_LOGPROBS = 20
 _TOKEN_ID_PREFIX = "token_id:"
-
-
-class EngineError(RuntimeError):
-    """Base class of the engines' request errors."""
 
 
 class EndpointUnavailableError(EngineError):
