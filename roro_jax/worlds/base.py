@@ -12,11 +12,13 @@ A function may be given as a ``"module:function"`` string (:class:`Lazy`): it is
 call, so the library imports no pipeline module when it loads. A world of your own, in a plugin module
 (:mod:`roro_jax.plugins`)::
 
-    from roro_jax.worlds import World, get_world, register_world
+    from roro_jax.worlds import get_world, register_world
 
-    register_world(dataclasses.replace(get_world("synthetic"), name="mine", train_router="my_mod:train"))
+    def train(cfg, *, resume=True): ...  # -> (learner, history), e.g. roro_jax.rl.trainer.run_training
 
-then ``roro router --plugin my_mod world=mine``.
+    register_world(get_world("synthetic").replace(name="mine", train_router=train, demo=None))
+
+then ``roro router --plugin my_mod world=mine`` (``tests/worlds/test_world_registry.py`` has a whole one).
 """
 
 from __future__ import annotations
