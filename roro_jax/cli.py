@@ -16,9 +16,10 @@ Every command that takes a config also takes ``--plugin MODULE`` (repeatable): u
 reward terms, estimators, feature families, ... (:mod:`roro_jax.plugins`), imported, with the config's
 ``plugins:`` list and the installed ``roro_jax.plugins`` entry points, before the config is validated.
 
-The CLI only parses arguments and calls the stages in ``pipelines/``; no stage logic lives here. Before a
-training command compiles anything, :func:`roro_jax.preflight.preflight` checks the config against the
-machine and the run folder.
+The CLI only parses arguments and calls the config's world's entry point for the command (the world
+registry, :mod:`roro_jax.worlds.base`; the built-in worlds' stages live in ``pipelines/``); no stage logic
+lives here. Before a training command compiles anything, :func:`roro_jax.preflight.preflight` checks the
+config against the machine and the run folder.
 """
 
 from __future__ import annotations
