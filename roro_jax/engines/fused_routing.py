@@ -220,6 +220,26 @@ def _answer_state(tables, tokens, n):
     return tables["ans_accept"][state]
 
 
+PHASES = ("small_decode", "features_policy", "large_decode", "end_rules_cross_prefill", "loop_bookkeeping")
+_TICKS: list[tuple[int, float]] = []
+
+
+def _tick(i, _dep):
+    _TICKS.append((int(i), time.perf_counter()))
+    return np.int32(0)
+
+
+def _mark(st, i: int, dep) -> jax.Array:
+    """Profile mode: a host timestamp once ``dep`` is computed, returned as a zero the next phase adds
+    to one of its inputs (so it cannot start earlier). Otherwise a constant zero."""
+    if not st.profile:
+        return jnp.int32(0)
+    from jax.experimental import io_callback
+
+    dep = jnp.sum(jnp.asarray(dep).reshape(-1)[:1]).astype(jnp.float32)
+    return io_callback(functools.partial(_tick, i), jax.ShapeDtypeStruct((), jnp.int32), dep, ordered=True)
+
+
 @dataclass(frozen=True)
 class _Static:
     """Everything that shapes the compiled program (hashable)."""
@@ -233,10 +253,7 @@ class _Static:
     k: int
     scale_steps: int
     scale_tokens: int
-    stop_on_answer: bool
-    long_step_end: bool
-    max_empty: int
-    max_context: int
+    profile: bool = False  # time the phases with ordered host callbacks (slower; see profile_phases)
 
 
 def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask, inp, tables):
@@ -268,16 +285,16 @@ def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask
 
     def body(c):
         t = c["t"]
-        base = P + t * N
+        base = P + t * N + _mark(st, 0, c["ctx"])
         alive, end = c["alive"], c["end"]
-        if st.max_context > 0:
-            over = alive & (c["ctx"] + N > st.max_context)
-            end = jnp.where(over, _END["context"], end)
-            alive = alive & ~over
+        over = alive & (inp["max_context"] > 0) & (c["ctx"] + N > inp["max_context"])
+        end = jnp.where(over, _END["context"], end)
+        alive = alive & ~over
         # --- the small model's proposal
         rows_s = dict(samp_s, seed=inp["seed_s"][:, t])
         cs, prop = _decode(small, c["cs"], c["kv_valid"], c["logits_s"], c["ctx"], alive, rows_s, tables, base, N, k)
         # --- features and the decision
+        base = base + _mark(st, 1, prop["length"])
         L = st.feat_len
         j = jnp.arange(N)[None, :]
         tmask = j < prop["length"][:, None]
@@ -302,9 +319,11 @@ def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask
             action = jnp.where(mine, a_i, action)
             logp = jnp.where(mine, lp_i, logp)
         esc = alive & (action == ESCALATE)
+        base = base + _mark(st, 2, action)
         # --- the large model writes the escalated steps
         rows_l = dict(samp_l, seed=inp["seed_l"][:, t])
         cl, res = _decode(large, c["cl"], c["kv_valid"], c["logits_l"], c["ctx"], esc, rows_l, tables, base, N, k)
+        base = base + _mark(st, 3, res["length"])
         kept_tok = jnp.where(esc[:, None], res["tokens"], prop["tokens"])
         n = jnp.where(esc, res["length"], prop["length"])
         fin = jnp.where(esc, res["finish"], prop["finish"])
@@ -316,9 +335,9 @@ def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask
         is_empty = alive & ~is_eos & blank
         empty_run = jnp.where(is_empty, c["empty_run"] + 1, jnp.where(alive & ~is_eos, 0, c["empty_run"]))
         nonempty = alive & ~is_eos & ~blank
-        e_answer = nonempty & answer if st.stop_on_answer else jnp.zeros_like(alive)
-        e_long = nonempty & ~e_answer & (fin == _LENGTH) if st.long_step_end else jnp.zeros_like(alive)
-        e_empty = is_empty & (empty_run >= st.max_empty)
+        e_answer = nonempty & answer & inp["stop_on_answer"]
+        e_long = nonempty & ~e_answer & (fin == _LENGTH) & inp["long_step_end"]
+        e_empty = is_empty & (empty_run >= inp["max_empty"])
         ended = is_eos | e_answer | e_long | e_empty
         e_max = alive & ~ended & (t + 1 >= T)
         new_end = jnp.where(is_eos, _END["eos"], jnp.where(e_empty, _END["empty_steps"], jnp.where(
@@ -330,6 +349,7 @@ def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask
         ls, cs, kv_next = feed_chunk(small, cs, c["kv_valid"], kept_tok, n_feed, c["ctx"], base)
         ll, cl, _ = feed_chunk(large, cl, c["kv_valid"], kept_tok, n_feed, c["ctx"], base)
         fed = n_feed > 0
+        t = t + _mark(st, 4, ls[:, 0] + ll[:, 0])
         o = c["out"]
         o = dict(o, recorded=o["recorded"].at[:, t].set(alive), tok_s=o["tok_s"].at[:, t].set(prop["tokens"]),
                  n_s=o["n_s"].at[:, t].set(prop["length"]), fin_s=o["fin_s"].at[:, t].set(prop["finish"]),
@@ -371,19 +391,23 @@ class FusedRouter:
     Args:
       small, large: :class:`~roro_jax.engines.flax_engine.FlaxEngine` s with the same tokenizer.
       cfg: the rollout settings (as for the host loop).
-      batch: rows per compiled program (a static shape; the last batch is padded with idle rows).
+      batch: most rows per compiled program (a static shape: a call with fewer rows uses the smallest
+        power of two >= 8 that holds them; the last batch is padded with idle rows).
       min_prompt_bucket: smallest prompt bucket (prompts are left-padded to a power of two).
       verify: re-check every trajectory on the host and route disagreeing rows through the host loop.
+      profile: time the program's phases (``stats["phases"]``, seconds per phase summed over programs)
+        with ordered host callbacks; this serialises the program, so time a run without it.
     """
 
     def __init__(self, small, large, cfg: RolloutConfig = RolloutConfig(), *, batch: int = 64,
-                 min_prompt_bucket: int = 32, verify: bool = True):
+                 min_prompt_bucket: int = 32, verify: bool = True, profile: bool = False):
         if small.tokenizer_key != large.tokenizer_key:
             raise ValueError("fused routing needs the small and the large engine to share a tokenizer")
         if small.config.vocab_size != large.config.vocab_size:
             raise ValueError("fused routing needs equal vocabulary sizes")
         self.small, self.large, self.cfg = small, large, cfg
         self.batch, self.min_prompt_bucket, self.verify = int(batch), int(min_prompt_bucket), verify
+        self.profile = bool(profile)
         tok, V = small.tokenizer, small.config.vocab_size
         raw = small.sampler._token_texts()
         n = min(len(tok), V)
@@ -428,9 +452,10 @@ class FusedRouter:
                 for g in range(group_size)]
         results: list[Trajectory | None] = [None] * len(rows)
         P = bucket(max(len(r.ids) for r in rows), self.min_prompt_bucket)
-        for s in range(0, len(rows), self.batch):
-            chunk = rows[s:s + self.batch]
-            arrays = self._run(chunk, dpols, P, seed)
+        B = min(self.batch, bucket(len(rows), 8))  # a small call does not pay for a large batch
+        for s in range(0, len(rows), B):
+            chunk = rows[s:s + B]
+            arrays = self._run(chunk, dpols, P, seed, B)
             t0 = time.perf_counter()
             for i, r in enumerate(chunk):
                 results[s + i] = self._trajectory(r, dpols[r.policy], {k_: v[i] for k_, v in arrays.items()},
@@ -462,12 +487,11 @@ class FusedRouter:
         return _Static(self.small.sampler.graphdef, self.large.sampler.graphdef,
                        tuple((d.kind, d.static) for d in dpols), cfg.max_steps, cfg.max_step_tokens,
                        bucket(cfg.max_step_tokens, 16), cfg.logprobs, cfg.feature_scale_steps or cfg.max_steps,
-                       cfg.feature_scale_tokens or cfg.max_step_tokens, cfg.stop_on_answer,
-                       cfg.long_step == "end", cfg.max_empty_steps, cfg.max_context_tokens or 0)
+                       cfg.feature_scale_tokens or cfg.max_step_tokens, self.profile)
 
-    def inputs(self, chunk: Sequence[_Row], dpols: Sequence[DevicePolicy], P: int, seed: int):
-        """The program's per-row inputs for ``chunk`` (padded to ``batch`` rows)."""
-        cfg, B, T = self.cfg, self.batch, self.cfg.max_steps
+    def inputs(self, chunk: Sequence[_Row], dpols: Sequence[DevicePolicy], P: int, seed: int, B: int):
+        """The program's per-row inputs for ``chunk`` (padded to ``B`` rows)."""
+        cfg, T = self.cfg, self.cfg.max_steps
         prompt = np.zeros((B, P), np.int32)
         pmask = np.zeros((B, P), bool)
         seed_s = np.zeros((B, T), np.uint32)
@@ -495,17 +519,29 @@ class FusedRouter:
         t_l = cfg.temperature if cfg.large_temperature is None else cfg.large_temperature
         inp = dict(seed_s=seed_s, seed_l=seed_l, u_hi=u_hi, u_lo=u_lo, policy=policy, row_param=row_param, real=real,
                    temp_s=np.full((B,), cfg.temperature, np.float32), temp_l=np.full((B,), t_l, np.float32),
-                   top_p=np.full((B,), cfg.top_p, np.float32), top_k=np.full((B,), cfg.top_k, np.int32))
+                   top_p=np.full((B,), cfg.top_p, np.float32), top_k=np.full((B,), cfg.top_k, np.int32),
+                   stop_on_answer=np.bool_(cfg.stop_on_answer), long_step_end=np.bool_(cfg.long_step == "end"),
+                   max_empty=np.int32(cfg.max_empty_steps), max_context=np.int32(cfg.max_context_tokens or 0))
         return prompt, pmask, inp
 
-    def _run(self, chunk, dpols, P, seed) -> dict[str, np.ndarray]:
-        prompt, pmask, inp = self.inputs(chunk, dpols, P, seed)
+    def _run(self, chunk, dpols, P, seed, B) -> dict[str, np.ndarray]:
+        prompt, pmask, inp = self.inputs(chunk, dpols, P, seed, B)
         fn = _compiled(self._static(dpols))
+        _TICKS.clear()
         t0 = time.perf_counter()
         out = fn(self.small.sampler.state, self.large.sampler.state, tuple(d.params for d in dpols), prompt, pmask,
                  inp, self.tables)
         out = jax.device_get(out)
-        self.stats["device_s"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.stats["device_s"] += t1 - t0
+        if self.profile and _TICKS:
+            ph = self.stats.setdefault("phases", dict.fromkeys(("prefill_setup", *PHASES, "exit_transfer"), 0.0))
+            ph["prefill_setup"] += _TICKS[0][1] - t0
+            ends = {1: "small_decode", 2: "features_policy", 3: "large_decode", 4: "end_rules_cross_prefill",
+                    0: "loop_bookkeeping"}
+            for (_, a), (i, b) in zip(_TICKS[:-1], _TICKS[1:]):
+                ph[ends[i]] += b - a
+            ph["exit_transfer"] += t1 - _TICKS[-1][1]
         self.stats["programs"] += 1
         self.stats["rows"] += len(chunk)
         return out
