@@ -230,8 +230,7 @@ async def bench(args) -> dict:
         from roro_jax.engines.fused_routing import FusedRouter
 
         n_rows = args.queries * args.group
-        fused_router = FusedRouter(small, large, cfg, batch=args.fused_batch or 1 << max(n_rows - 1, 0).bit_length(),
-                                   min_prompt_bucket=args.min_prompt_bucket)
+        fused_router = FusedRouter(small, large, cfg, batch=args.fused_batch or 1 << max(n_rows - 1, 0).bit_length())
         t1 = time.perf_counter()
         fused_run(fused_router, problems, policy, args.group, args.seed)  # compile
         fused_compile_s = time.perf_counter() - t1
@@ -280,8 +279,7 @@ async def bench(args) -> dict:
     }
     if args.fused:
         f_tps = (fused[-1]["small_tokens"] + fused[-1]["large_tokens"]) / med(fused, "wall_s")
-        prof = FusedRouter(small, large, cfg, batch=fused_router.batch, min_prompt_bucket=args.min_prompt_bucket,
-                           profile=True)
+        prof = FusedRouter(small, large, cfg, batch=fused_router.batch, profile=True)
         fused_run(prof, problems, policy, args.group, args.seed)  # compile the profiled variant
         prof.stats.pop("phases", None)
         fused_run(prof, problems, policy, args.group, args.seed)
@@ -340,7 +338,7 @@ def eval_workload(args) -> dict:
             return out
         return asyncio.run(main())
 
-    router = FusedRouter(small, large, cfg, batch=args.eval_batch, min_prompt_bucket=demo.toy.prompt_bucket)
+    router = FusedRouter(small, large, cfg, batch=args.eval_batch)
     warm = problems[:min(len(problems), 32)]
     t0 = time.perf_counter()
     host(warm)

@@ -90,11 +90,10 @@ def fused_router(cfg, engines: ToyEngines):
     if (cfg.world != "toy" or getattr(cfg.toy, "routing", "host") != "fused" or cfg.router.features != "logprob"
             or not all(isinstance(e, FlaxEngine) for e in (engines.small, engines.large))):
         return None
-    key = (id(engines.small), id(engines.large), cfg.rollout, cfg.toy.fused_batch, cfg.toy.prompt_bucket)
+    key = (id(engines.small), id(engines.large), cfg.rollout, cfg.toy.fused_batch)
     if key not in _FUSED:
         _FUSED.clear()
-        _FUSED[key] = FusedRouter(engines.small, engines.large, cfg.rollout, batch=cfg.toy.fused_batch,
-                                  min_prompt_bucket=min(cfg.toy.prompt_bucket, 32))
+        _FUSED[key] = FusedRouter(engines.small, engines.large, cfg.rollout, batch=cfg.toy.fused_batch)
     return _FUSED[key]
 
 

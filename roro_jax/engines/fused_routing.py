@@ -192,6 +192,80 @@ def _decode(model, cache, kv_valid, logits0, pos0, active, rows, tables, base, n
     return c["cache"], {k_: c[k_] for k_ in ("tokens", "logprobs", "top", "length", "finish", "stop")}
 
 
+def _compact(active, size: int):
+    """Indices of the first ``size`` active rows (then inactive ones), and which of them are active."""
+    order = jnp.argsort(~active, stable=True)[:size]
+    return order, active[order]
+
+
+def _bucket_index(active, sizes: tuple[int, ...]):
+    """The smallest of ``sizes`` (ascending; the last is the batch) that holds every active row."""
+    n = jnp.sum(active.astype(jnp.int32))
+    return jnp.sum((jnp.asarray(sizes[:-1]) < n).astype(jnp.int32))
+
+
+def decode_rows(model, cache, kv_valid, logits0, pos0, active, rows, tables, base, n_tokens: int, k: int,
+                sizes: tuple[int, ...]) -> dict:
+    """:func:`_decode` of the ``active`` rows only: they are gathered into the smallest row bucket of
+    ``sizes`` that holds them (``lax.switch``), decoded on a copy of their caches (the step's keys and
+    values are written again by the cross-prefill, so only tokens and finish state come back), and
+    scattered into [B] outputs. Rows that ended, and rows the large model does not write, cost nothing."""
+    b = active.shape[0]
+    keys = ("tokens", "logprobs", "top", "length", "finish", "stop")
+
+    def branch(size):
+        def run(_):
+            if size == b:
+                _, r = _decode(model, cache, kv_valid, logits0, pos0, active, rows, tables, base, n_tokens, k)
+                return {k_: r[k_] for k_ in keys}
+            idx, valid = _compact(active, size)
+            sub = jax.tree.map(lambda x: x[idx], cache)
+            _, r = _decode(model, sub, kv_valid[idx], logits0[idx], pos0[idx], valid,
+                           {k_: v[idx] for k_, v in rows.items()}, tables, base, n_tokens, k)
+            dest = jnp.where(valid, idx, b)
+            out = {"tokens": jnp.zeros((b, n_tokens), jnp.int32), "logprobs": jnp.zeros((b, n_tokens), jnp.float32),
+                   "top": jnp.zeros((b, n_tokens, k), jnp.float32), "length": jnp.zeros((b,), jnp.int32),
+                   "finish": jnp.zeros((b,), jnp.int32), "stop": jnp.zeros((b,), bool)}
+            return {k_: out[k_].at[dest].set(r[k_], mode="drop") for k_ in keys}
+        return run
+
+    if len(sizes) == 1:
+        return branch(sizes[0])(None)
+    return jax.lax.switch(_bucket_index(active, sizes), [branch(z) for z in sizes], None)
+
+
+def feed_rows(model, cache, kv_valid, logits, tokens, n, pos0, base, sizes: tuple[int, ...]):
+    """:func:`feed_chunk` of the rows with ``n > 0`` only, gathered into the smallest row bucket of
+    ``sizes`` that holds them; the step region of their caches and their logits are scattered back (rows
+    with ``n == 0`` keep theirs). Returns (logits [B, V], cache, kv_valid)."""
+    b, N = tokens.shape
+    need = n > 0
+
+    def region(x):
+        return jax.lax.dynamic_slice_in_dim(x, base, N, axis=2)
+
+    def branch(size):
+        def run(_):
+            if size == b:
+                lg, new, _ = feed_chunk(model, cache, kv_valid, tokens, n, pos0, base)
+                return jnp.where(need[:, None], lg, logits), jax.tree.map(region, new)
+            idx, valid = _compact(need, size)
+            sub = jax.tree.map(lambda x: x[idx], cache)
+            lg, new, _ = feed_chunk(model, sub, kv_valid[idx], tokens[idx], jnp.where(valid, n[idx], 0), pos0[idx], base)
+            dest = jnp.where(valid, idx, b)
+            regions = jax.tree.map(lambda old, x: region(old).at[dest].set(region(x), mode="drop"), cache, new)
+            return logits.at[dest].set(lg, mode="drop"), regions
+        return run
+
+    if len(sizes) == 1:
+        logits, regions = branch(sizes[0])(None)
+    else:
+        logits, regions = jax.lax.switch(_bucket_index(need, sizes), [branch(z) for z in sizes], None)
+    cache = jax.tree.map(lambda x, r: jax.lax.dynamic_update_slice_in_dim(x, r, base, axis=2), cache, regions)
+    fed = jnp.arange(N)[None, :] < n[:, None]
+    return logits, cache, jax.lax.dynamic_update_slice(kv_valid, fed, (0, base))
+
+
 def feed_chunk(model, cache, kv_valid, tokens, n, pos0, base):
     """Cross-prefill: feed ``tokens[b, :n[b]]`` into cache slots ``[base, base + N)`` of every row at
     positions ``pos0[b] + j``, attending to the row's valid context (``kv_valid`` [B, S]) and causally
@@ -253,6 +327,7 @@ class _Static:
     k: int
     scale_steps: int
     scale_tokens: int
+    row_buckets: tuple = ()  # row counts the decodes and cross-prefills gather live rows into (last = B)
     profile: bool = False  # time the phases with ordered host callbacks (slower; see profile_phases)
 
 
@@ -292,7 +367,9 @@ def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask
         alive = alive & ~over
         # --- the small model's proposal
         rows_s = dict(samp_s, seed=inp["seed_s"][:, t])
-        cs, prop = _decode(small, c["cs"], c["kv_valid"], c["logits_s"], c["ctx"], alive, rows_s, tables, base, N, k)
+        cs = c["cs"]
+        prop = decode_rows(small, cs, c["kv_valid"], c["logits_s"], c["ctx"], alive, rows_s, tables, base, N, k,
+                           st.row_buckets)
         # --- features and the decision
         base = base + _mark(st, 1, prop["length"])
         L = st.feat_len
@@ -322,7 +399,9 @@ def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask
         base = base + _mark(st, 2, action)
         # --- the large model writes the escalated steps
         rows_l = dict(samp_l, seed=inp["seed_l"][:, t])
-        cl, res = _decode(large, c["cl"], c["kv_valid"], c["logits_l"], c["ctx"], esc, rows_l, tables, base, N, k)
+        cl = c["cl"]
+        res = decode_rows(large, cl, c["kv_valid"], c["logits_l"], c["ctx"], esc, rows_l, tables, base, N, k,
+                          st.row_buckets)
         base = base + _mark(st, 3, res["length"])
         kept_tok = jnp.where(esc[:, None], res["tokens"], prop["tokens"])
         n = jnp.where(esc, res["length"], prop["length"])
@@ -346,8 +425,10 @@ def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask
         still = alive & ~ended & ~e_max
         # --- cross-prefill: the kept step into both caches
         n_feed = jnp.where(still & nonempty, n, 0)
-        ls, cs, kv_next = feed_chunk(small, cs, c["kv_valid"], kept_tok, n_feed, c["ctx"], base)
-        ll, cl, _ = feed_chunk(large, cl, c["kv_valid"], kept_tok, n_feed, c["ctx"], base)
+        ls, cs, kv_next = feed_rows(small, cs, c["kv_valid"], c["logits_s"], kept_tok, n_feed, c["ctx"], base,
+                                    st.row_buckets)
+        ll, cl, _ = feed_rows(large, cl, c["kv_valid"], c["logits_l"], kept_tok, n_feed, c["ctx"], base,
+                              st.row_buckets)
         fed = n_feed > 0
         t = t + _mark(st, 4, ls[:, 0] + ll[:, 0])
         o = c["out"]
@@ -360,8 +441,7 @@ def _program(st: _Static, small_state, large_state, policy_params, prompt, pmask
                  features=o["features"].at[:, t].set(feats), blank=o["blank"].at[:, t].set(blank),
                  answer=o["answer"].at[:, t].set(answer))
         return dict(t=t + 1, cs=cs, cl=cl, kv_valid=kv_next, alive=still, end=end, empty_run=empty_run,
-                    logits_s=jnp.where(fed[:, None], ls, c["logits_s"]),
-                    logits_l=jnp.where(fed[:, None], ll, c["logits_l"]), ctx=c["ctx"] + n_feed,
+                    logits_s=ls, logits_l=ll, ctx=c["ctx"] + n_feed,
                     large_so_far=c["large_so_far"] + jnp.where(esc, res["length"], 0),
                     esc_so_far=c["esc_so_far"] + esc.astype(jnp.int32),
                     conf_hist=c["conf_hist"].at[:, t].set(feats[:, 0]), out=o)
@@ -395,12 +475,15 @@ class FusedRouter:
         power of two >= 8 that holds them; the last batch is padded with idle rows).
       min_prompt_bucket: smallest prompt bucket (prompts are left-padded to a power of two).
       verify: re-check every trajectory on the host and route disagreeing rows through the host loop.
+      row_buckets: the decodes and cross-prefills gather the rows that need them into the smallest of
+        these shares of the batch that holds them (``(1,)``: every row computes, masked).
       profile: time the program's phases (``stats["phases"]``, seconds per phase summed over programs)
         with ordered host callbacks; this serialises the program, so time a run without it.
     """
 
     def __init__(self, small, large, cfg: RolloutConfig = RolloutConfig(), *, batch: int = 64,
-                 min_prompt_bucket: int = 32, verify: bool = True, profile: bool = False):
+                 min_prompt_bucket: int = 8, verify: bool = True, profile: bool = False,
+                 row_buckets: Sequence[float] = (0.125, 0.25, 0.5, 1.0)):
         if small.tokenizer_key != large.tokenizer_key:
             raise ValueError("fused routing needs the small and the large engine to share a tokenizer")
         if small.config.vocab_size != large.config.vocab_size:
@@ -408,6 +491,9 @@ class FusedRouter:
         self.small, self.large, self.cfg = small, large, cfg
         self.batch, self.min_prompt_bucket, self.verify = int(batch), int(min_prompt_bucket), verify
         self.profile = bool(profile)
+        self.row_buckets = tuple(sorted(float(x) for x in row_buckets))
+        if not self.row_buckets or self.row_buckets[-1] != 1.0 or self.row_buckets[0] <= 0:
+            raise ValueError(f"row_buckets={row_buckets} must be shares in (0, 1] ending with 1")
         tok, V = small.tokenizer, small.config.vocab_size
         raw = small.sampler._token_texts()
         n = min(len(tok), V)
@@ -482,12 +568,13 @@ class FusedRouter:
             out[policies[i].policy_id] = results[j * per:(j + 1) * per]
         return {pid: out[pid] for pid in ids}
 
-    def _static(self, dpols: Sequence[DevicePolicy]) -> _Static:
+    def _static(self, dpols: Sequence[DevicePolicy], B: int) -> _Static:
         cfg = self.cfg
+        sizes = tuple(sorted({max(1, int(round(B * x))) for x in self.row_buckets}))
         return _Static(self.small.sampler.graphdef, self.large.sampler.graphdef,
                        tuple((d.kind, d.static) for d in dpols), cfg.max_steps, cfg.max_step_tokens,
                        bucket(cfg.max_step_tokens, 16), cfg.logprobs, cfg.feature_scale_steps or cfg.max_steps,
-                       cfg.feature_scale_tokens or cfg.max_step_tokens, self.profile)
+                       cfg.feature_scale_tokens or cfg.max_step_tokens, sizes, self.profile)
 
     def inputs(self, chunk: Sequence[_Row], dpols: Sequence[DevicePolicy], P: int, seed: int, B: int):
         """The program's per-row inputs for ``chunk`` (padded to ``B`` rows)."""
@@ -526,7 +613,7 @@ class FusedRouter:
 
     def _run(self, chunk, dpols, P, seed, B) -> dict[str, np.ndarray]:
         prompt, pmask, inp = self.inputs(chunk, dpols, P, seed, B)
-        fn = _compiled(self._static(dpols))
+        fn = _compiled(self._static(dpols, B))
         _TICKS.clear()
         t0 = time.perf_counter()
         out = fn(self.small.sampler.state, self.large.sampler.state, tuple(d.params for d in dpols), prompt, pmask,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from roro_jax.engines.flax_engine import FlaxEngine
-from roro_jax.engines.fused_routing import FusedRouter, answer_dfa, feed_chunk
+from roro_jax.engines.fused_routing import FusedRouter, answer_dfa, feed_chunk, feed_rows
 from roro_jax.rollout import RolloutConfig, has_final_answer, rollout
 from roro_jax.router import device_policies as DP
 from roro_jax.router.baselines import (ConfidenceThreshold, RandomPolicy, SteerPolicy, TrimThr, fit_gmm2,
@@ -191,9 +191,11 @@ def test_policies_without_a_device_version_use_the_host_loop(engines, problems):
 
 
 # ------------------------------------------------------------------------------------------ the KV caches
-def test_cross_prefill_cache_equals_a_full_forward(engines):
+@pytest.mark.parametrize("gathered", [False, True])
+def test_cross_prefill_cache_equals_a_full_forward(engines, gathered):
     """Prefill a prompt, feed two chunks of different lengths per row into the step regions: the valid
-    cache slots equal a prefill over the concatenated tokens, and the logits equal a full forward."""
+    cache slots equal a prefill over the concatenated tokens, and the logits equal a full forward. With
+    ``gathered``, only the rows that feed are computed (gathered into a 2-row bucket, scattered back)."""
     small, _ = engines
     from flax import nnx
 
@@ -215,6 +217,12 @@ def test_cross_prefill_cache_equals_a_full_forward(engines):
         _, cache = model.prefill(prompt, pmask, cache)
         kv = jnp.concatenate([pmask, jnp.zeros((B, T * N), bool)], 1)
         pos = jnp.sum(pmask, 1).astype(jnp.int32)
+        if gathered:
+            lg0 = jnp.zeros((B, model.config.vocab_size), jnp.float32)
+            lg, cache, kv = feed_rows(model, cache, kv, lg0, c1, jnp.asarray(n1), pos, P, (2, 3))
+            logits, cache, kv = feed_rows(model, cache, kv, lg, c2, jnp.asarray(n2), pos + jnp.asarray(n1), P + N,
+                                          (2, 3))
+            return logits, cache, kv
         _, cache, kv = feed_chunk(model, cache, kv, c1, jnp.asarray(n1), pos, P)
         logits, cache, kv = feed_chunk(model, cache, kv, c2, jnp.asarray(n2), pos + jnp.asarray(n1), P + N)
         return logits, cache, kv
