@@ -127,11 +127,13 @@ def test_sampled_decoding_matches_the_host_loop(engines, problems, policies):
     assert texts(greedy) != texts(fused)  # sampling did change something
 
 
-@pytest.mark.parametrize("long_step", ["continue", "end"])
-def test_step_and_token_limits(engines, problems, long_step):
-    """Steps cut at max_step_tokens and trajectories cut at max_steps, as in the host loop."""
+@pytest.mark.parametrize("long_step,max_context", [("continue", None), ("end", None), ("continue", 24)])
+def test_step_token_and_context_limits(engines, problems, long_step, max_context):
+    """Steps cut at max_step_tokens, trajectories cut at max_steps or by the context limit, as in the host
+    loop (one compiled program for the three: the limits are traced)."""
     small, large = engines
-    cfg = RolloutConfig(max_steps=3, max_step_tokens=5, temperature=0.0, logprobs=5, long_step=long_step)
+    cfg = RolloutConfig(max_steps=3, max_step_tokens=5, temperature=0.0, logprobs=5, long_step=long_step,
+                        max_context_tokens=max_context)
     pols = [RandomPolicy(0.5), ConfidenceThreshold(0.999)]
     fused = FusedRouter(small, large, cfg, batch=32).route_many(problems, pols, group_size=2, seed=2)
     host = host_many(problems, small, large, pols, cfg, group_size=2, seed=2)
@@ -140,8 +142,11 @@ def test_step_and_token_limits(engines, problems, long_step):
     trajs = [t for p in pols for t in fused[p.policy_id]]
     assert any(s.finish_reason == "length" and s.n_tokens == 5 for t in trajs for s in t.steps)
     ends = {t.meta["end_reason"] for t in trajs}
-    assert ends == ({"max_steps"} if long_step == "continue" else {"long_step"})
     assert all(len(t.steps) <= 3 for t in trajs)
+    if max_context:
+        assert "context" in ends and len({len(t.steps) for t in trajs}) > 1
+    else:
+        assert ends == ({"max_steps"} if long_step == "continue" else {"long_step"})
 
 
 # steps of at most 9 tokens: "Answer: N" is cut before its EOS, so the answer rule ends the trajectory
@@ -310,3 +315,37 @@ def test_answer_detector_agrees_with_extract_answer_on_common_forms():
         for ch in t:
             q = nxt[q, chars.index(ch)]
         assert bool(acc[q]) == has_final_answer(t), t
+
+
+# ------------------------------------------------------------------------------------------ the toy world's hook
+def test_toy_routing_fused_config_routes_through_the_fused_sampler(engines, problems, tmp_path):
+    """``toy.routing=fused``: pipelines.toy.route_many gives the host loop's trajectories, and keeps the
+    store's semantics (stored trajectories are skipped, new ones added)."""
+    from pipelines import toy as T
+    from roro_jax.config import load_config
+    from roro_jax.store import TrajectoryStore
+
+    small, large = engines
+    over = ["world=toy", "rollout.max_steps=8", "rollout.max_step_tokens=16", "rollout.temperature=0",
+            "rollout.logprobs=5", "toy.fused_batch=32"]
+    cfg = load_config(None, [*over, "toy.routing=fused"])
+    eng = T.ToyEngines(small, large)
+    assert T.fused_router(cfg, eng) is not None
+    assert T.fused_router(load_config(None, over), eng) is None  # the default is the host loop
+    pols = ANSWER_POLICIES
+    store = TrajectoryStore(tmp_path / "t.jsonl")
+    fused = T.route_many(cfg, eng, problems[:4], pols, seed=3, store=store, progress=False)
+    host = host_many(problems[:4], small, large, pols, cfg.rollout, group_size=1, seed=3)
+    for p in pols:
+        assert_same(host[p.policy_id], fused[p.policy_id])
+    assert len(list(store.iter())) == 8
+    again = T.route_many(cfg, eng, problems[:5], pols, seed=3, store=store, progress=False)
+    assert [t.query_id for t in again[pols[0].policy_id]] == [str(problems[4].id)]
+    assert len(list(store.iter())) == 10
+
+
+def test_toy_routing_rejects_unknown_values():
+    from roro_jax.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="toy.routing"):
+        load_config(None, ["toy.routing=gpu"])
