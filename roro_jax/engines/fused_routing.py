@@ -20,7 +20,10 @@ For a batch of B trajectories (rows; any mix of problems, samples and device pol
 
 There is no host round trip per step. Shapes are static: B (``batch``), P (prompt bucket), the step
 limit T and the token limit N; cache length P + T N. A row's region slots that its step did not fill are
-masked (positions come from the row's own token count, as in the sampler's left padding).
+masked (positions come from the row's own token count, as in the sampler's left padding). Rows that
+finished, and rows the large model does not write, cost no work: each decode and each cross-prefill
+gathers the rows that need it into the smallest of a few row buckets (``row_buckets``, a
+``lax.switch``), and scatters back only their tokens and their cache's step region.
 
 **The same trajectories as the host loop.** Every random draw is the host loop's: a step's tokens use
 the sampler's per-row keys (``derive_seed(seed, query, sample, step, role)``, token ``j`` folded in), the
@@ -36,7 +39,8 @@ sampling gives identical ones except where a draw falls within float noise of a 
 
 Use :func:`fused_route_many` (several policies, rows of all of them batched together) or
 :func:`fused_rollout` (one policy, the signature of :func:`roro_jax.rollout.rollout` minus the store's
-async resume). Policies without a device version run through the host loop.
+async resume). Policies without a device version run through the host loop. Call it from synchronous
+code (the host-loop fallback starts its own event loop).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from roro_jax.rollout import (RolloutConfig, default_prompt, derive_seed, has_fi
 from roro_jax.router.device_policies import DevicePolicy, row_uniforms_for, to_device_policy
 from roro_jax.router.features import logprob_features
 from roro_jax.tasks.grading import grade
-from roro_jax.types import ESCALATE, KEEP, LARGE, SMALL, Step, Trajectory
+from roro_jax.types import ESCALATE, LARGE, SMALL, Step, Trajectory
 
 END_CODES = ("running", "answer", "eos", "max_steps", "empty_steps", "long_step", "context")
 _LENGTH, _STOP, _EOS = (FINISH_REASONS.index(r) for r in ("length", "stop", "eos"))
