@@ -117,11 +117,13 @@ def server_engines(args):
 # ---------------------------------------------------------------------------------------------- runs
 async def routed_run(problems, small, large, policy, cfg, group, seed):
     from roro_jax.rollout import rollout
+    from roro_jax.tasks.toy import trajectory_meta
 
     stats: dict = {}
     busy0 = {e.name: _stats(e) for e in (small, large)}
     t0 = time.perf_counter()
-    trajs = await rollout(problems, small, large, policy, cfg, group_size=group, seed=seed, stats=stats)
+    trajs = await rollout(problems, small, large, policy, cfg, group_size=group, seed=seed, stats=stats,
+                          annotate=trajectory_meta)  # the toy world's labels, as its routed runs make them
     wall = time.perf_counter() - t0
     out = {"wall_s": wall, "small_tokens": sum(t.small_tokens for t in trajs),
            "large_tokens": sum(t.large_tokens for t in trajs), "trajectories": len(trajs),

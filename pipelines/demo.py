@@ -24,6 +24,7 @@ from pipelines.router_synthetic import train_router_synthetic
 from roro_jax.eval.records import CurvePoint
 from roro_jax.eval.report import write_report
 from roro_jax.worlds import synthetic
+from roro_jax.worlds.base import get_world
 
 FAIL_PROB = 0.9
 
@@ -48,22 +49,27 @@ def demo_config(path=None, overrides=(), quick: bool = False):
     from roro_jax.config import load_config
 
     cfg = load_config(path, overrides)
-    if quick and cfg.world == "toy":
-        from pipelines.roro import quick_overrides
-
+    quick_overrides = get_world(cfg.world).quick_overrides
+    if quick and quick_overrides is not None:
         cfg = load_config(path, [*quick_overrides(), *overrides])
     return cfg
 
 
 def run_demo(cfg, quick: bool = False, progress: bool = True) -> dict:
-    """Run the demo of ``cfg.world`` (``cfg`` from :func:`demo_config`)."""
-    if cfg.world == "toy":
-        from pipelines.roro import run_roro
+    """Run the demo of ``cfg.world`` (``cfg`` from :func:`demo_config`; the world's ``demo``,
+    :class:`roro_jax.worlds.base.World`)."""
+    return get_world(cfg.world).require("demo")(cfg, quick=quick, progress=progress)
 
-        return run_roro(cfg, progress=progress)
-    if cfg.world == "synthetic":
-        return run_synthetic_demo(cfg, quick=quick)
-    raise ValueError(f"roro demo: world={cfg.world!r} has no demo (toy, synthetic); use `roro router` / `roro eval`")
+
+def toy_demo(cfg, *, quick: bool = False, progress: bool = True) -> dict:
+    """The toy world's demo: the whole RoRo pipeline (``quick`` is already in ``cfg``)."""
+    from pipelines.roro import run_roro
+
+    return run_roro(cfg, progress=progress)
+
+
+def synthetic_demo(cfg, *, quick: bool = False, progress: bool = True) -> dict:
+    return run_synthetic_demo(cfg, quick=quick)
 
 
 def run_synthetic_demo(cfg, quick: bool = False) -> dict:

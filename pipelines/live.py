@@ -36,6 +36,11 @@ def test_problems(cfg) -> list:
     return test[:cfg.live.test_problems] if cfg.live.test_problems else test
 
 
+def trajectory_meta(problem, steps) -> dict:
+    """What the live world adds to a routed trajectory's meta."""
+    return {"world": "live"}
+
+
 def prompt_fn(cfg):
     template = cfg.live.prompt_template
 

@@ -41,6 +41,7 @@ from roro_jax.router.exploration import exploration_suite
 from roro_jax.router.policies import RouterPolicy
 from roro_jax.store import TrajectoryStore
 from roro_jax.types import Trajectory
+from roro_jax.worlds.base import get_world
 
 METHODS = {"GRPO": "GRPO (outcome+cost)", "RoRo": "RoRo (outcome+process+cost)"}
 
@@ -70,23 +71,25 @@ def _router_cfg(cfg, out: Path, method: str, lam: float):
                                reward=dataclasses.replace(cfg.reward, weights=w))
 
 
-WORLDS = {"toy": "pipelines.toy", "live": "pipelines.live"}  # modules with make_engines / train_ / test_problems
+def world_inputs(cfg):
+    """The world's engines and training / test problems (:class:`roro_jax.worlds.base.World`); a world
+    without them (synthetic, replay) is a :class:`~roro_jax.worlds.base.WorldError`."""
+    W = get_world(cfg.world)
+    for what in ("make_engines", "train_problems", "test_problems"):
+        W.require(what, "the RoRo pipeline")
+    return W
 
 
-def world_module(cfg):
-    import importlib
-
-    if cfg.world not in WORLDS:
-        raise ValueError(f"the RoRo pipeline runs on worlds {sorted(WORLDS)}, not {cfg.world!r} "
-                         "(the replay world: pipelines.replay)")
-    return importlib.import_module(WORLDS[cfg.world])
+def explore_problems(cfg, W=None) -> list:
+    """The first ``<world>.explore_problems`` training problems."""
+    W = W or world_inputs(cfg)
+    return W.train_problems(cfg)[:W.settings(cfg).explore_problems]
 
 
 def collect_stage(cfg) -> Path:
-    """``roro collect`` on any world of :data:`WORLDS`."""
-    W = world_module(cfg)
-    problems = W.train_problems(cfg)[:T.settings(cfg).explore_problems]
-    return T.collect_exploration_stage(cfg, W.make_engines(cfg), problems)
+    """``roro collect`` on a world with engines and problems (toy, live)."""
+    W = world_inputs(cfg)
+    return T.collect_exploration_stage(cfg, W.make_engines(cfg), explore_problems(cfg, W))
 
 
 def pairs_stage(cfg, trajs: Sequence[Trajectory], out: Path):
@@ -113,9 +116,9 @@ def train_router(cfg, *, resume: bool = True, progress: bool = True):
     """``roro router`` on the toy / live world: one router with ``cfg.reward.weights`` on the explored
     problems. With a process weight, the exploration (resumed from ``out_dir``), pairs and rubric stages run
     first and the process term is ``reward.process_scorer`` (RoRo: the rubric Judge)."""
-    W = world_module(cfg)
+    W = world_inputs(cfg)
     engines = W.make_engines(cfg)
-    explore = W.train_problems(cfg)[:T.settings(cfg).explore_problems]
+    explore = explore_problems(cfg, W)
     process_fn = None
     if dict(cfg.reward.weights).get("process", 0.0):
         out = Path(cfg.out_dir)
@@ -145,9 +148,9 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
         times[stage] = time.time() - t0 - sum(times.values())
         console.print(f"[bold green]✓[/] {stage}: {msg} [dim]({times[stage]:.0f} s)[/]")
 
-    W = world_module(cfg)
+    W = world_inputs(cfg)
     engines = W.make_engines(cfg)
-    explore = W.train_problems(cfg)[:T.settings(cfg).explore_problems]
+    explore = explore_problems(cfg, W)
     test = W.test_problems(cfg)
     queries = {str(p.id): p.question for p in explore}
 
@@ -180,7 +183,7 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
                                                progress=progress, desc=f"{method} λ_c={lam:g}")
             routers[(method, lam)] = learner
     done("routers", f"{len(routers)} routers × {cfg.train.updates} updates "
-                    f"({T.settings(cfg).queries_per_update} queries × G={cfg.grpo.group_size})")
+                    f"({W.settings(cfg).queries_per_update} queries × G={cfg.grpo.group_size})")
 
     # 5. evaluation on held-out problems: every policy routed concurrently
     gmm = fit_gmm2(step_confidences(trajs))

@@ -122,7 +122,8 @@ def route_all(cfg, engines, problems, policies, *, group_size: int, seed: int):
 
     async def main():
         return await asyncio.gather(*(rollout(problems, engines.small, engines.large, pol, cfg.rollout,
-                                              group_size=group_size, seed=seed, prompt_fn=T.prompt_fn(cfg))
+                                              group_size=group_size, seed=seed, prompt_fn=T.prompt_fn(cfg),
+                                              annotate=T.annotate_fn(cfg))
                                       for pol in policies))
 
     return asyncio.run(main())

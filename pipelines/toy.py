@@ -4,7 +4,8 @@ routing many policies, exploratory collection, router GRPO through the rollout, 
 Everything runs for real on a CPU: the shipped toy models (``roro_jax/assets/toy``) generate every step
 through the Flax engine, the rollout routes them, the grader checks the answers. The live world
 (:mod:`pipelines.live`) passes its own engines (any ``StepEngine``) and problems to the same functions;
-:mod:`pipelines.roro` composes them.
+:mod:`pipelines.roro` composes them. Which world's inputs a config means is the world registry's business
+(:mod:`roro_jax.worlds.base`): this module never imports another world's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from roro_jax.router.policies import Policy, RouterPolicy
 from roro_jax.store import TrajectoryStore
 from roro_jax.tasks import toy
 from roro_jax.types import Trajectory, pad_trajectories
-from roro_jax.worlds.variants import get_world
+from roro_jax.worlds.base import get_world
+from roro_jax.worlds.variants import get_world as get_variant
 
 ProcessFn = Callable[[Sequence[Trajectory]], np.ndarray]  # trajectories -> process score in [0, 1] each
 
@@ -41,7 +43,7 @@ def make_engines(cfg) -> ToyEngines:
     """The toy world's SRM/LRM (``toy.variant``, :mod:`roro_jax.worlds.variants`; ``control`` = the shipped
     pair) as Flax engines with one batch shape and one prompt bucket each, so a whole run compiles only a
     handful of sampler variants (compiling dominates the toy world's CPU time)."""
-    world = get_world(cfg.toy.variant)
+    world = get_variant(cfg.toy.variant)
     kw = dict(max_batch=cfg.toy.max_batch, batch_buckets=(cfg.toy.max_batch,),
               min_prompt_bucket=cfg.toy.prompt_bucket, min_new_bucket=cfg.rollout.max_step_tokens)
     return ToyEngines(FlaxEngine(world.model_dir("small"), name="toy-small", **kw),
@@ -50,33 +52,41 @@ def make_engines(cfg) -> ToyEngines:
 
 def train_problems(cfg) -> list:
     """The training pool: ``toy.train_problems`` problems of the world's training distribution."""
-    return get_world(cfg.toy.variant).problems("train", cfg.toy.train_problems, seed=cfg.toy.problem_seed)
+    return get_variant(cfg.toy.variant).problems("train", cfg.toy.train_problems, seed=cfg.toy.problem_seed)
 
 
 def validation_problems(cfg, n: int) -> list:
     """``n`` training-distribution problems disjoint from the training pool (for choosing hyperparameters)."""
-    return get_world(cfg.toy.variant).problems("validation", n, seed=cfg.toy.problem_seed,
+    return get_variant(cfg.toy.variant).problems("validation", n, seed=cfg.toy.problem_seed,
                                                skip=cfg.toy.train_problems)
 
 
 def test_problems(cfg) -> list:
     """``toy.test_problems`` held-out problems of the world's test distribution (test split)."""
-    return get_world(cfg.toy.variant).problems("test", cfg.toy.test_problems, seed=cfg.toy.problem_seed)
+    return get_variant(cfg.toy.variant).problems("test", cfg.toy.test_problems, seed=cfg.toy.problem_seed)
 
 
 def settings(cfg):
-    """The world's problem counts (``explore_problems``, ``test_problems``, ``queries_per_update``):
-    ``cfg.live`` for the live world, else ``cfg.toy``."""
-    return cfg.live if cfg.world == "live" else cfg.toy
+    """The world's problem counts (``explore_problems``, ``test_problems``, ``queries_per_update``): its
+    config section (``cfg.toy``, ``cfg.live``; :class:`roro_jax.worlds.base.World`)."""
+    return get_world(cfg.world).settings(cfg)
+
+
+def prompt_format(cfg):
+    """The toy world's prompt: :func:`roro_jax.tasks.toy.prompt_text` (the question and a blank line)."""
+    return toy.prompt_text
 
 
 def prompt_fn(cfg):
-    """Problem -> prompt text: the live world's ``live.prompt_template``; else the rollout's default."""
-    if cfg.world == "live":
-        from pipelines.live import prompt_fn as live_prompt
+    """Problem -> prompt text: the world's format (the live world's ``live.prompt_template``); else the
+    rollout's default."""
+    fmt = get_world(cfg.world).prompt_fn
+    return default_prompt if fmt is None else fmt(cfg)
 
-        return live_prompt(cfg)
-    return default_prompt
+
+def annotate_fn(cfg):
+    """``(problem, steps) -> meta`` of the world's routed trajectories (the toy world's step labels), or None."""
+    return get_world(cfg.world).annotate
 
 
 _FUSED: dict = {}
@@ -126,7 +136,8 @@ def route(cfg, engines: ToyEngines, problems, policy: Policy, *, group_size: int
         return _fused_route(router, cfg, problems, [policy], group_size=group_size, seed=seed,
                             store=store)[policy.policy_id]
     return rollout_sync(problems, engines.small, engines.large, policy, cfg.rollout, group_size=group_size,
-                        seed=seed, store=store, feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg))
+                        seed=seed, store=store, feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg),
+                        annotate=annotate_fn(cfg))
 
 
 def route_many(cfg, engines: ToyEngines, problems, policies: Sequence[Policy], *, seed: int = 0, store=None,
@@ -148,7 +159,8 @@ def route_many(cfg, engines: ToyEngines, problems, policies: Sequence[Policy], *
 
         async def one(pol):
             trajs = await rollout(problems, engines.small, engines.large, pol, cfg.rollout, seed=seed, store=store,
-                                  feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg))
+                                  feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg),
+                                  annotate=annotate_fn(cfg))
             bar.update(1)
             return trajs
 

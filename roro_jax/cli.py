@@ -16,9 +16,10 @@ Every command that takes a config also takes ``--plugin MODULE`` (repeatable): u
 reward terms, estimators, feature families, ... (:mod:`roro_jax.plugins`), imported, with the config's
 ``plugins:`` list and the installed ``roro_jax.plugins`` entry points, before the config is validated.
 
-The CLI only parses arguments and calls the stages in ``pipelines/``; no stage logic lives here. Before a
-training command compiles anything, :func:`roro_jax.preflight.preflight` checks the config against the
-machine and the run folder.
+The CLI only parses arguments and calls the config's world's entry point for the command (the world
+registry, :mod:`roro_jax.worlds.base`; the built-in worlds' stages live in ``pipelines/``); no stage logic
+lives here. Before a training command compiles anything, :func:`roro_jax.preflight.preflight` checks the
+config against the machine and the run folder.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import warnings
 from pathlib import Path
 
 from roro_jax.config import ConfigError, load_config, to_yaml
+from roro_jax.engines.base import EngineError
 from roro_jax.types import InputError
 
 # name -> (module under roro_jax.benchmarks, what it measures); the modules ship in the package
@@ -99,23 +101,23 @@ def cmd_config(args) -> int:
     return 0
 
 
-ROUTER_TRAINERS = {"synthetic": "pipelines.router_synthetic:train_router_synthetic",
-                   "replay": "pipelines.replay:train_router_replay", "toy": "pipelines.roro:train_router",
-                   "live": "pipelines.roro:train_router"}
-EVAL_PIPELINES = {"replay": "pipelines.replay:run_replay", "toy": "pipelines.roro:eval_pipeline",
-                  "live": "pipelines.roro:eval_pipeline"}
+def _entry(cfg, what: str):
+    """The world's entry point for a command (:class:`roro_jax.worlds.base.World`): a world that lacks it is
+    one ``roro: error:`` line naming the command, the world and the worlds that have it."""
+    from roro_jax.worlds.base import get_world
+
+    return get_world(cfg.world).require(what)
 
 
-def _resolve(table: dict, world: str, what: str):
-    if world not in table:
-        raise ConfigError(f"{what}: world={world!r} is not available (available: {sorted(table)})")
-    mod, fn = table[world].split(":")
-    return getattr(importlib.import_module(mod), fn)
+def _worlds_with(what: str) -> list[str]:
+    from roro_jax.worlds.base import WORLDS
+
+    return [name for name, w in WORLDS.items() if getattr(w, what) is not None]
 
 
 def cmd_router(args) -> int:
     cfg = _load(args)
-    train = _resolve(ROUTER_TRAINERS, cfg.world, "roro router")
+    train = _entry(cfg, "train_router")
     _preflight(cfg, "router", fresh=args.fresh)
     learner, hist = train(cfg, resume=not args.fresh)
     if hist:
@@ -144,12 +146,9 @@ def cmd_pairs(args) -> int:
     return 0
 
 
-COLLECTORS = {"toy": "pipelines.roro:collect_stage", "live": "pipelines.roro:collect_stage"}
-
-
 def cmd_collect(args) -> int:
     cfg = _load(args)
-    collect = _resolve(COLLECTORS, cfg.world, "roro collect")
+    collect = _entry(cfg, "collect")
     _preflight(cfg, "collect")
     path = collect(cfg)
     print(f"trajectories: {path}")
@@ -175,7 +174,7 @@ def cmd_eval(args) -> int:
         for kind, path in report_from_file(args.points, args.out, cfg.eval).items():
             print(f"{kind}: {path}")
         return 0
-    pipeline = _resolve(EVAL_PIPELINES, cfg.world, "roro eval")
+    pipeline = _entry(cfg, "evaluate")
     _preflight(cfg, "eval")
     results = pipeline(cfg)
     for name, paths in results.items():
@@ -243,12 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="pairs JSONL to write; required")
     s.set_defaults(fn=cmd_pairs)
 
-    s = sub.add_parser("collect", help=f"route the exploratory policies and store their trajectories ({' / '.join(COLLECTORS)} "
+    s = sub.add_parser("collect", help=f"route the exploratory policies and store their trajectories ({' / '.join(_worlds_with('collect'))} "
                             "world)",
                        description=f"Route the exploration suite (exploration.* keys) over the world's training "
                                    f"problems and append the trajectories to <out_dir>/exploration/"
                                    f"trajectories.jsonl (resumable, no duplicates). Worlds: "
-                                   f"{', '.join(COLLECTORS)}.")
+                                   f"{', '.join(_worlds_with('collect'))}.")
     _config_args(s)
     s.set_defaults(fn=cmd_collect)
 
@@ -263,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="train/evaluate the world's methods and write the report "
                             "(or, with --points, re-render a report from point records)",
-                       description=f"Train and evaluate every method of the world ({', '.join(EVAL_PIPELINES)}) and "
+                       description=f"Train and evaluate every method of the world ({', '.join(_worlds_with('evaluate'))}) and "
                                    "write <out_dir>/report per test set; or re-render a report from a points file.")
     _config_args(s)
     s.add_argument("--points", help="points JSONL (roro_jax.eval.records) to re-render instead of running "
@@ -309,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, FileNotFoundError, IsADirectoryError) as e:
         print("roro: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
+    except EngineError as e:  # a server that died or refused, after the engine's retries: exit 1, no traceback
+        print("roro: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
+        return 1
     finally:
         warnings.showwarning = show
 

@@ -25,6 +25,12 @@ from roro_jax.types import InputError
 
 # The registries whose names config keys take, read when a config is validated (not when this module is
 # imported), so a name registered by user code (``--plugin`` / ``plugins:``, roro_jax.plugins) is accepted.
+def _worlds():
+    from roro_jax.worlds.base import WORLDS
+
+    return WORLDS
+
+
 def _toy_worlds():
     from roro_jax.worlds.variants import WORLDS
 
@@ -289,7 +295,7 @@ class SweepConfig:
 
 @dataclass
 class Config:
-    world: str = _choice("synthetic", "synthetic", "toy", "replay", "live")
+    world: str = _registry("synthetic", _worlds)  # roro_jax.worlds.base.WORLDS: synthetic | replay | toy | live
     # modules imported before the config is validated (they register reward terms, KL estimators, ...;
     # roro_jax.plugins); the command line adds more with --plugin
     plugins: list[str] = field(default_factory=list)

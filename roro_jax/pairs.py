@@ -9,6 +9,11 @@ For each query, every two trajectories of that query are compared once and give 
   qualities (:func:`process_quality`) that differ by more than ``tie_margin``: the higher-quality one is
   preferred (margin = quality difference).
 
+With ``balance_outcome="cost"``, each query keeps as many outcome pairs whose preferred trajectory is the
+dearer one as pairs whose preferred trajectory is the cheaper one (the larger side is subsampled; equal-cost
+pairs are all kept), so "more large-model tokens" no longer predicts the preferred side of an outcome pair:
+a Judge trained on them cannot learn an escalation bonus from outcome pairs alone.
+
 Pairs of the same outcome whose cost difference is neither clear (≥ ``cost_margin``) nor small
 (≤ ``similar_cost``), and process candidates within the tie margin, are dropped as ties.  Trajectories
 whose ``correct`` is None are never in outcome pairs; by default they are left out entirely
@@ -37,6 +42,7 @@ from .types import ESCALATE, InputError, PreferencePair, Trajectory, iter_jsonl
 
 KINDS = ("outcome", "cost", "process")
 COST_MEASURES = ("large_tokens", "large_share")
+OUTCOME_BALANCE = ("none", "cost")
 
 
 class NoPairsWarning(UserWarning):
@@ -53,6 +59,8 @@ class PairsConfig:
     ``cost_margin``, so no two trajectories form both).  ``tie_margin``: process-quality differences up to
     this are ties.  ``process_weights``: weights of the (critical, waste, switch) terms of
     :func:`process_quality`.  ``max_per_kind`` / ``max_per_query``: caps per query (None = no cap).
+    ``balance_outcome``: ``"none"`` or ``"cost"`` (per query, as many outcome pairs preferring the dearer
+    route as preferring the cheaper one; see the module docstring).
     """
 
     outcome: bool = True
@@ -66,8 +74,12 @@ class PairsConfig:
     pair_ungraded: bool = False
     max_per_kind: int | None = None
     max_per_query: int | None = None
+    balance_outcome: str = "none"
 
     def __post_init__(self) -> None:
+        if self.balance_outcome not in OUTCOME_BALANCE:
+            raise ValueError(f"PairsConfig.balance_outcome must be one of {OUTCOME_BALANCE}, "
+                             f"got {self.balance_outcome!r}")
         if self.cost_measure not in COST_MEASURES:
             raise ValueError(f"PairsConfig.cost_measure must be one of {COST_MEASURES}, got {self.cost_measure!r}")
         if not 0.0 < self.cost_margin <= 1.0:
@@ -212,7 +224,21 @@ def _outcome_word(t: Trajectory) -> str:
 
 
 def _empty_stats() -> dict[str, Any]:
-    return {k: {"candidates": 0, "dropped_tie": 0, "dropped_cap": 0} for k in KINDS}
+    stats: dict[str, Any] = {k: {"candidates": 0, "dropped_tie": 0, "dropped_cap": 0} for k in KINDS}
+    stats["outcome"]["dropped_balance"] = 0
+    return stats
+
+
+def _balance_by_cost(pairs: list[PreferencePair], cost: dict[str, float], rng: np.random.Generator
+                     ) -> tuple[list[PreferencePair], int]:
+    """Keep equally many pairs whose preferred side is dearer and cheaper (and every equal-cost pair)."""
+    up = [p for p in pairs if cost[p.preferred] > cost[p.rejected]]
+    down = [p for p in pairs if cost[p.preferred] < cost[p.rejected]]
+    k = min(len(up), len(down))
+    up, d_up = _subsample(up, k, rng)
+    down, d_down = _subsample(down, k, rng)
+    keep = {id(p) for p in up + down}
+    return [p for p in pairs if id(p) in keep or cost[p.preferred] == cost[p.rejected]], d_up + d_down
 
 
 def build_pairs_with_stats(trajectories: Iterable[Trajectory], cfg: PairsConfig | None = None,
@@ -308,6 +334,10 @@ def build_pairs_with_stats(trajectories: Iterable[Trajectory], cfg: PairsConfig 
                 else:
                     stats["cost"]["dropped_tie"] += 1     # same outcome, cost gap neither clear nor small
         rng = _query_rng(seed, qid)
+        if cfg.balance_outcome == "cost" and per_kind["outcome"]:
+            cost_of = {t.traj_id: c for t, c in zip(trajs, costs)}
+            per_kind["outcome"], dropped = _balance_by_cost(per_kind["outcome"], cost_of, rng)
+            stats["outcome"]["dropped_balance"] += dropped
         kept: list[PreferencePair] = []
         for k in KINDS:
             sel, dropped = _subsample(per_kind[k], cfg.max_per_kind, rng)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from roro_jax.config import ConfigError
+from roro_jax.worlds.base import get_world
 
 
 @dataclass(frozen=True)
@@ -49,23 +50,11 @@ def preflight(cfg, command: str, *, fresh: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------ world facts ---
-def queries_per_update(cfg) -> tuple[int, str]:
-    """``(queries routed per update, the key that sets it)`` for the world's router training."""
-    w = cfg.world
-    if w == "synthetic":
-        return cfg.synthetic.queries, "synthetic.queries"
-    if w == "replay":
-        return cfg.replay.queries_per_update, "replay.queries_per_update"
-    s = cfg.live if w == "live" else cfg.toy
-    return min(s.queries_per_update, s.explore_problems), f"{w}.queries_per_update"
-
-
-# worlds (and commands) where reward.weights.process > 0 has no process scorer to read
-NO_PROCESS_SCORER = {
-    ("synthetic", None): "the synthetic world has no Judge (use world=toy, or set reward.weights.process=0)",
-    ("replay", "router"): ("`roro router` in the replay world trains without the rubric stage (`roro eval` runs "
-                           "it); set reward.weights.process=0"),
-}
+def queries_per_update(cfg) -> tuple[int, str] | None:
+    """``(queries routed per update, the key that sets it)`` for the world's router training (None: the
+    world does not say; :class:`roro_jax.worlds.base.World`)."""
+    fn = get_world(cfg.world).queries_per_update
+    return None if fn is None else fn(cfg)
 
 
 def _multiprocess(cfg) -> bool:
@@ -103,7 +92,10 @@ def check_devices(cfg, ctx: Context) -> None:
 def check_batch_split(cfg, ctx: Context) -> None:
     if ctx.command not in TRAINING_COMMANDS:
         return
-    q, qkey = queries_per_update(cfg)
+    per_update = queries_per_update(cfg)
+    if per_update is None:
+        return
+    q, qkey = per_update
     g, mb = cfg.grpo.group_size, cfg.grpo.minibatches
     n = 1
     if cfg.parallel.mode in DATA_PARALLEL and not _multiprocess(cfg):
@@ -124,7 +116,8 @@ def check_batch_split(cfg, ctx: Context) -> None:
 def check_process_reward(cfg, ctx: Context) -> None:
     if ctx.command not in TRAINING_COMMANDS or not dict(cfg.reward.weights).get("process", 0.0):
         return
-    why = NO_PROCESS_SCORER.get((cfg.world, None)) or NO_PROCESS_SCORER.get((cfg.world, ctx.command))
+    reasons = get_world(cfg.world).no_process_scorer
+    why = reasons.get(None) or reasons.get(ctx.command)
     if why:
         raise ConfigError(f"config key 'reward.weights.process'={cfg.reward.weights['process']:g}: {why}")
 
@@ -136,11 +129,8 @@ def check_reward_fields(cfg, ctx: Context) -> None:
     if ctx.command not in TRAINING_COMMANDS:
         return
     from roro_jax.rl.rewards import reward_needs
-    from roro_jax.worlds.reward_fields import REWARD_FIELDS
 
-    if cfg.world not in REWARD_FIELDS:
-        return
-    has = REWARD_FIELDS.get(cfg.world)
+    has = get_world(cfg.world).reward_fields
     for term, w in dict(cfg.reward.weights).items():
         missing = [f for f in reward_needs(term) if f not in has] if w else []
         if missing:
@@ -159,18 +149,21 @@ def check_tensorboard(cfg, ctx: Context) -> None:
 
 def router_run_dir(cfg, command: str) -> Path | None:
     """The folder ``roro router`` trains in (None for commands that train several routers: each is
-    checked when it starts)."""
+    checked when it starts): ``<out_dir>/router`` in the toy and live worlds with a process reward (the
+    exploration, pairs and rubric stages fill ``out_dir`` first, :func:`pipelines.roro.train_router`),
+    else ``out_dir``."""
     if command != "router":
         return None
-    return Path(cfg.out_dir) / "router" if cfg.world in ("toy", "live") else Path(cfg.out_dir)
+    sub = get_world(cfg.world).router_subdir
+    staged = sub and dict(cfg.reward.weights).get("process", 0.0)
+    return Path(cfg.out_dir) / sub if staged else Path(cfg.out_dir)
 
 
 def router_in_features(cfg) -> int:
     from roro_jax.router.features import get_family
 
-    if cfg.world == "synthetic":
-        return cfg.synthetic.features
-    return get_family("prm" if cfg.world == "replay" else cfg.router.features).dim
+    fn = get_world(cfg.world).router_in_features
+    return fn(cfg) if fn is not None else get_family(cfg.router.features).dim
 
 
 @register_check("run_dir")

@@ -240,3 +240,27 @@ def test_pairs_from_file(tmp_path):
     src.write_text(world()[0].to_json() + "\n" + '{"query_id": "q"}\n')
     with pytest.raises(ValueError, match=r"trajs.jsonl:2: not a trajectory"):
         pairs_from_file(src, tmp_path / "x.jsonl")
+
+
+def test_balance_outcome_by_cost_matches_dearer_and_cheaper_preferred():
+    """balance_outcome="cost": per query, as many outcome pairs prefer the dearer route as the cheaper one."""
+    q3 = [T("q3", "X", True, {0}), T("q3", "Y", True, {0, 1}),       # 10 and 20 large tokens, correct
+          T("q3", "W", False, set()), T("q3", "V", False, {0}, large=15), T("q3", "Z", False, {1})]  # 0, 15, 10
+    trajs = world() + q3
+    plain = as_set(build_pairs(trajs))
+    pairs, stats = build_pairs_with_stats(trajs, PairsConfig(balance_outcome="cost"), seed=3)
+    got = as_set(pairs)
+    # q1: 3 dearer-preferred (A,C,D over B) and 3 cheaper-preferred (over K): all kept
+    assert {p for p in plain if p[0] == "outcome" and p[1] in "ACD"} <= got
+    # q2: every outcome pair prefers the dearer route and none the cheaper one: all dropped
+    assert not {p for p in got if p[0] == "outcome" and p[1] in "FGJ"}
+    # q3: dearer-preferred X>W, Y>W, Y>V, Y>Z; cheaper-preferred X>V; equal cost X~Z (kept)
+    q3_out = {p for p in got if p[0] == "outcome" and p[1] in "XY"}
+    assert ("outcome", "X", "V") in q3_out and ("outcome", "X", "Z") in q3_out
+    assert len(q3_out & {("outcome", "X", "W"), ("outcome", "Y", "W"), ("outcome", "Y", "V"),
+                         ("outcome", "Y", "Z")}) == 1 and len(q3_out) == 3
+    assert stats["outcome"]["dropped_balance"] == 3 + 3
+    # the other kinds are untouched
+    assert {p for p in got if p[0] != "outcome"} == {p for p in plain if p[0] != "outcome"}
+    with pytest.raises(ValueError, match="balance_outcome"):
+        PairsConfig(balance_outcome="share")

@@ -123,3 +123,24 @@ def test_one_line_and_no_compile_in_a_fresh_process(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith("roro: error: config "
                                                                                               "keys 'synthetic.queries'=6")
+
+
+@pytest.mark.parametrize("process, sub", [(0.0, ""), (0.5, "router")])
+def test_router_run_dir_of_the_toy_and_live_worlds(process, sub, tmp_path):
+    """Without a process reward `roro router` (toy / live world) trains in out_dir itself (no rubric stage
+    first), so that is where the resume checks must look; with one, in <out_dir>/router."""
+    from roro_jax.config import load_config
+    from roro_jax.preflight import router_run_dir
+
+    for world in ("toy", "live"):
+        cfg = load_config(None, [f"world={world}", f"reward.weights.process={process}", f"out_dir={tmp_path}"])
+        assert router_run_dir(cfg, "router") == tmp_path / sub
+
+
+def test_resuming_a_grpo_router_on_the_live_world_checks_the_run_dir(trained_run, capsys):
+    """A live-world GRPO router (no process reward) pointed at another run's out_dir is refused before any
+    engine is made or anything compiles."""
+    rc, lines, compiles = run_mistake(["router", "world=live", "reward.weights.process=0", f"out_dir={trained_run}",
+                                       "engines.small.model=s", "engines.large.model=l"], capsys)
+    assert rc == 2 and len(lines) == 1 and compiles == 0, lines
+    assert "holds a run made with another config" in lines[0] and "world: 'synthetic' -> 'live'" in lines[0]

@@ -15,7 +15,7 @@ import pytest
 from roro_jax.engines.base import StepRequest
 from roro_jax.engines.flax_engine import FlaxEngine, synthetic_step_lm
 from roro_jax.rollout import (END_REASONS, RolloutConfig, default_prompt, derive_seed, has_final_answer,
-                              rollout, rollout_sync, toy_step_labels)
+                              rollout, rollout_sync)
 from roro_jax.router.baselines import ConfidenceThreshold, RandomPolicy, lrm_only, srm_only
 from roro_jax.router.exploration import CriticalFirst
 from roro_jax.router.features import LOGPROB_NAMES
@@ -234,14 +234,18 @@ def test_toy_labels_and_meta(engines, problems):
         Step(2, "\n\n", model=SMALL, action=KEEP),  # empty: not part of the solution
         Step(3, "Answer: 24", model=SMALL, action=KEEP),
     ]
-    lab = toy_step_labels(p, steps)
+    lab = toy.step_labels(p, steps)
     assert lab["first_wrong_step"] == 3 and lab["wrong_steps"] == [1, 3]
     steps[3] = Step(3, "Answer: 25", model=SMALL, action=KEEP)
-    lab = toy_step_labels(p, steps)
+    lab = toy.step_labels(p, steps)
     assert lab["first_wrong_step"] is None and lab["wrong_steps"] == [1] and lab["toy_correct"]
     small, large = engines
-    (t,) = rollout_sync(problems[:1], small, large, srm_only(), CFG, seed=0)
+    (t,) = rollout_sync(problems[:1], small, large, srm_only(), CFG, seed=0, annotate=toy.trajectory_meta)
     assert t.meta["world"] == "toy" and "first_wrong_step" in t.meta and "wrong_steps" in t.meta
+    assert t.meta["wrong_steps"] == toy.step_labels(problems[0], t.steps)["wrong_steps"]
+    (plain,) = rollout_sync(problems[:1], small, large, srm_only(), CFG, seed=0)  # no hook: no world's labels
+    assert not {"world", "first_wrong_step", "wrong_steps"} & set(plain.meta)
+    assert plain.to_dict()["steps"] == t.to_dict()["steps"]
     assert t.correct is False  # the synthetic LM does not do arithmetic
 
 

@@ -64,3 +64,9 @@ class StepEngine(Protocol):
     async def generate(self, requests: Sequence[StepRequest], params: SamplingParams) -> list[StepResult]: ...
 
     async def aclose(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    """Base class of the engines' request errors (a server that failed for good after the engine's retries,
+    rejected a request, or answered without the needed fields). ``roro`` reports one as a single
+    ``roro: error:`` line (exit status 1); its message names the model and the endpoint."""

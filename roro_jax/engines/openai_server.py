@@ -37,29 +37,24 @@ import asyncio
 import collections
 import itertools
 import json
-import math
 import os
 import random
-import struct
 import time
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from roro_jax.engines.base import SamplingParams, StepRequest, StepResult
+from roro_jax.engines.base import EngineError, SamplingParams, StepRequest, StepResult
+from roro_jax.engines.hf_folder import HFTokenizerMixin, count_params, load_tokenizer
+from roro_jax.engines.vllm_results import (MalformedResponseError, map_finish_reason, topk_arrays,
+                                           validate_params)
 
 __all__ = [
     "EndpointUnavailableError", "EngineError", "EngineRequestError", "MalformedResponseError",
     "OpenAIServerEngine", "count_params", "load_tokenizer", "map_finish_reason", "topk_arrays",
 ]
 
-MAX_LOGPROBS = 20
 _TOKEN_ID_PREFIX = "token_id:"
-
-
-class EngineError(RuntimeError):
-    """Base class of the engines' request errors."""
 
 
 class EndpointUnavailableError(EngineError):
@@ -70,118 +65,9 @@ class EngineRequestError(EngineError):
     """The server rejected the request (HTTP 4xx other than 429): retrying would not help."""
 
 
-class MalformedResponseError(EngineError):
-    """The server answered, but without the fields the engine needs (token ids, log-probs, ...)."""
-
-
-# --------------------------------------------------------------------------- shared helpers
-def map_finish_reason(finish_reason: str | None, stop_reason: Any) -> str:
-    """vLLM's ``(finish_reason, stop_reason)`` -> ``"stop"`` (stop string) | ``"eos"`` | ``"length"``."""
-    if finish_reason == "length":
-        return "length"
-    if finish_reason == "stop":
-        return "stop" if isinstance(stop_reason, str) else "eos"
-    raise ValueError(f"unexpected finish_reason {finish_reason!r} (stop_reason {stop_reason!r})")
-
-
-def topk_arrays(tops: Sequence[Mapping[int, float]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position ``{token_id: logprob}`` dicts -> ``(top_logprobs [L, k] f32, top_ids [L, k] i32)``,
-    each row sorted by log-prob (descending), padded with ``-inf`` / ``-1``. vLLM may add the sampled
-    token as a (k+1)-th entry; only the k largest are kept."""
-    L = len(tops)
-    lps = np.full((L, k), -np.inf, np.float32)
-    ids = np.full((L, k), -1, np.int32)
-    for i, d in enumerate(tops):
-        best = sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        for j, (tid, lp) in enumerate(best):
-            ids[i, j] = tid
-            lps[i, j] = lp
-    return lps, ids
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """A Hugging Face tokenizer from a model/tokenizer folder or a ``tokenizer.json`` file."""
-    path = Path(path)
-    if path.is_file():
-        from transformers import PreTrainedTokenizerFast
-
-        return PreTrainedTokenizerFast(tokenizer_file=str(path))
-    if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer path {path} does not exist")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
-
-
-def count_params(folder: str | os.PathLike) -> int:
-    """Parameter count of an HF folder from its ``*.safetensors`` headers (no tensor is read); a tied
-    ``lm_head`` is not stored and so not counted."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {folder}: pass n_params explicitly")
-    n = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            (hlen,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(hlen))
-        for name, info in header.items():
-            if name != "__metadata__":
-                n += math.prod(info["shape"])
-    return n
-
-
-class _TokenizerMixin:
-    """``encode``/``decode`` through a lazily loaded HF tokenizer."""
-
-    tokenizer_path: str | None
-    _tok: Any = None
-
-    @property
-    def tokenizer(self):
-        if self._tok is None:
-            if not self.tokenizer_path:
-                raise ValueError(f"{type(self).__name__}: no tokenizer_path given, cannot encode/decode text")
-            self._tok = load_tokenizer(self.tokenizer_path)
-        return self._tok
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text`` as the model sees a prompt (the tokenizer's special tokens, e.g. a Llama
-        BOS, added; ``add_special_tokens=False`` for a bare fragment). The rollout encodes whole prefixes
-        (prompt + kept steps) with this, as with the ``flax`` engine."""
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    @property
-    def tokenizer_key(self) -> str:
-        """A fingerprint of the tokenizer (same recipe as the ``flax`` engine's): engines with equal keys
-        encode any text to the same ids, so the rollout computes a prefix's ids once for them."""
-        if getattr(self, "_tokenizer_key", None) is None:
-            import hashlib
-
-            backend = getattr(self.tokenizer, "backend_tokenizer", None)
-            blob = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
-            self._tokenizer_key = hashlib.sha1(blob.encode()).hexdigest()
-        return self._tokenizer_key
-
-    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.tokenizer.bos_token_id
-
-
-def _validate_params(params: SamplingParams) -> None:
-    if not 0 <= params.logprobs <= MAX_LOGPROBS:
-        raise ValueError(f"SamplingParams.logprobs={params.logprobs}: must be in [0, {MAX_LOGPROBS}]")
-    if params.max_tokens < 1:
-        raise ValueError(f"SamplingParams.max_tokens={params.max_tokens}: must be >= 1")
-
-
 # --------------------------------------------------------------------------- the engine
+# (shared with vllm_offline: the HF tokenizer and parameter count in roro_jax.engines.hf_folder, vLLM's finish
+# reasons, top-k arrays and sampling limits in roro_jax.engines.vllm_results)
 class _Endpoint:
     __slots__ = ("url", "in_flight", "failures", "requests", "errors")
 
@@ -202,7 +88,7 @@ class _LoopState:
                                                    timeout=engine.timeout) for ep in engine.endpoints}
 
 
-class OpenAIServerEngine(_TokenizerMixin):
+class OpenAIServerEngine(HFTokenizerMixin):
     """A :class:`~roro_jax.engines.base.StepEngine` over one model served by one or more vLLM servers.
 
     Args:
@@ -303,7 +189,7 @@ class OpenAIServerEngine(_TokenizerMixin):
 
         If any request fails for good, the others are cancelled and the first error is raised.
         """
-        _validate_params(params)
+        validate_params(params)
         if not requests:
             return []
         st = self._loop_state()
@@ -448,7 +334,7 @@ class _Retryable(Exception):
         self.cause = cause
 
 
-def _parse_token_key(key: str, engine: _TokenizerMixin | None) -> int:
+def _parse_token_key(key: str, engine: HFTokenizerMixin | None) -> int:
     """``"token_id:123"`` -> 123; a plain token string -> its id through the engine's tokenizer."""
     if isinstance(key, str) and key.startswith(_TOKEN_ID_PREFIX):
         try:

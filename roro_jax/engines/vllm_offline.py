@@ -12,8 +12,8 @@ the step delimiter as ``stop`` with ``include_stop_str_in_output=True``, ``logpr
 arrive while a batch runs form the next batch. ``LLM`` calls are serialised by a lock (it is not
 thread-safe). If ``LLM.generate`` raises, every request of that batch gets the exception.
 
-Finish reasons and log-prob arrays follow :mod:`roro_jax.engines.openai_server` (shared helpers
-``map_finish_reason`` and ``topk_arrays``).
+Finish reasons and log-prob arrays follow :mod:`roro_jax.engines.openai_server` (shared helpers in
+:mod:`roro_jax.engines.vllm_results`; the tokenizer and parameter count in :mod:`roro_jax.engines.hf_folder`).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from roro_jax.engines.base import SamplingParams, StepRequest, StepResult
-from roro_jax.engines.openai_server import (MalformedResponseError, _TokenizerMixin, _validate_params,
-                                            count_params, map_finish_reason, topk_arrays)
+from roro_jax.engines.hf_folder import HFTokenizerMixin, count_params
+from roro_jax.engines.vllm_results import MalformedResponseError, map_finish_reason, topk_arrays, validate_params
 
 __all__ = ["VLLMOfflineEngine"]
 
 
-class VLLMOfflineEngine(_TokenizerMixin):
+class VLLMOfflineEngine(HFTokenizerMixin):
     """A :class:`~roro_jax.engines.base.StepEngine` over an in-process ``vllm.LLM``.
 
     Args:
@@ -87,7 +87,7 @@ class VLLMOfflineEngine(_TokenizerMixin):
 
     def generate_sync(self, requests: Sequence[StepRequest], params: SamplingParams) -> list[StepResult]:
         """The blocking form of :meth:`generate` (one ``LLM.generate`` call)."""
-        _validate_params(params)
+        validate_params(params)
         return self._run([(r, params) for r in requests])
 
     def _run(self, items: Sequence[tuple[StepRequest, SamplingParams]]) -> list[StepResult]:
@@ -130,7 +130,7 @@ class VLLMOfflineEngine(_TokenizerMixin):
 
     async def generate(self, requests: Sequence[StepRequest], params: SamplingParams) -> list[StepResult]:
         """One step per request, in order; merged with other callers' pending requests (module doc)."""
-        _validate_params(params)
+        validate_params(params)
         if not requests:
             return []
         self.stats["calls"] += 1

@@ -168,6 +168,11 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     no duplicates and no gaps; the first line of a resumed run carries ``resumed_from``. A resumed run says
     where it resumed; a finished run says so and prints its last metrics. Returns the history of this call.
 
+    A run that stops on an exception (``collect`` fails: e.g. a server died and the engine's retries are
+    spent; Ctrl-C) checkpoints its last completed update before the exception propagates, even between
+    ``checkpoint.every`` steps, and warns where it can be resumed: every logged update is on disk, and an
+    update cut off part-way is neither applied nor logged (one process only; see :func:`_save_on_failure`).
+
     With several processes (:mod:`roro_jax.distributed`) every process runs this loop with the same ``cfg``
     and the same ``out_dir`` (on a filesystem all of them see): they share one checkpoint directory, and
     only process 0 writes ``config.yaml``, ``metrics.jsonl`` and TensorBoard events.
@@ -220,20 +225,53 @@ def run_training(learner: RouterLearner, collect, cfg, *, resume: bool = True, s
     history = []
     bar = tqdm(range(start, end), desc=desc, disable=not progress, initial=start, total=cfg.train.updates)
     t_run = time.perf_counter()
-    with MetricsLog(log_path, cfg, start) if primary else contextlib.nullcontext(_NoLog()) as log:
-        for k in bar:
-            t0 = time.perf_counter()
-            kc, ku = jax.random.split(jax.random.fold_in(key, k))
-            batch, info = collect(learner.params, kc, k)
-            metrics = learner.update(batch, ku)
-            row = {"update": k + 1, **{n: float(v) for n, v in {**info, **metrics}.items()}}  # float(): host sync
-            now = time.perf_counter()
-            row.update(time=time.time(), wall_s=now - t_run, step_s=now - t0, devices=devices, mode=cfg.parallel.mode)
-            if k == start and start:
-                row["resumed_from"] = start
-            history.append(row)
-            log.write(row)
-            bar.set_postfix({n: f"{row[n]:.3f}" for n in ("reward", "accuracy", "large_share") if n in row})
-            learner.save(ckpt, {"update": k + 1}, force=(k + 1 == end))
+    saved = start  # the newest update on disk (or, for start 0, nothing to keep)
+    try:
+        with MetricsLog(log_path, cfg, start) if primary else contextlib.nullcontext(_NoLog()) as log:
+            for k in bar:
+                t0 = time.perf_counter()
+                kc, ku = jax.random.split(jax.random.fold_in(key, k))
+                batch, info = collect(learner.params, kc, k)
+                metrics = learner.update(batch, ku)
+                row = {"update": k + 1, **{n: float(v) for n, v in {**info, **metrics}.items()}}  # host sync
+                now = time.perf_counter()
+                row.update(time=time.time(), wall_s=now - t_run, step_s=now - t0, devices=devices,
+                           mode=cfg.parallel.mode)
+                if k == start and start:
+                    row["resumed_from"] = start
+                history.append(row)
+                log.write(row)
+                bar.set_postfix({n: f"{row[n]:.3f}" for n in ("reward", "accuracy", "large_share") if n in row})
+                if learner.save(ckpt, {"update": k + 1}, force=(k + 1 == end)):
+                    saved = k + 1
+    except BaseException:
+        _save_on_failure(learner, ckpt, saved, out, desc)
+        raise
     ckpt.close()
     return history
+
+
+def _save_on_failure(learner: RouterLearner, ckpt: Checkpointer, saved: int, out, desc: str) -> None:
+    """The run stops on an error (a server that died mid-collection, Ctrl-C, ...): checkpoint the last
+    *completed* update if the interval skipped it, so that no logged update is lost, and wait for pending
+    saves. The state only changes when an update completes, so it is that update's state; an update cut
+    off part-way was neither applied nor logged. One process only: a save is collective, and the other
+    processes of a multi-process run are not stopping with this one (they resume from the last periodic
+    checkpoint)."""
+    import sys
+    import warnings
+
+    step = learner.step
+    if jax.process_count() > 1:
+        return
+    try:
+        if step > saved:
+            learner.save(ckpt, {"update": step}, force=True)
+        ckpt.close()
+    except Exception as e:  # noqa: BLE001 - the original error is the one to report
+        print(f"{desc}: could not checkpoint update {step} while stopping ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return
+    if step:
+        warnings.warn(f"{desc}: stopped during update {step + 1}; updates 1..{step} are checkpointed in {out}: "
+                      "rerun the same command to resume", RuntimeWarning, stacklevel=3)

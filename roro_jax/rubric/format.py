@@ -12,7 +12,9 @@ Grammar (whitespace around tokens is free, blank lines are ignored)::
 
 Numbers must run 1, 2, 3, ... Weights must be finite and in ``(0, max_weight]``; they are normalised to
 sum to 1 on parse (so a rubric's score — a weighted sum of probabilities — lies in [0, 1]). A criterion's
-text must hold at least one letter, at most ``max_criterion_chars`` characters, no control characters,
+text must hold at least one letter or be an arithmetic checkpoint (``"7 + 5 = 12"``: numbers and operators
+around one ``=``, the step a correct solution writes, which is what the toy worlds' checkpoint rubrics hold),
+at most ``max_criterion_chars`` characters, no control characters,
 and must not repeat another criterion of the same rubric (case-insensitively).
 
 :func:`parse_rubric` never raises on text: it returns a :class:`ParseResult` whose ``rubric`` is None and
@@ -32,6 +34,8 @@ from roro_jax.types import Criterion, Rubric
 
 _LINE = re.compile(r"^\s*(\d{1,3})\s*[.)]\s*\[\s*(?:w|weight)\s*=\s*([^\]\s]{1,24})\s*\]\s*(.*?)\s*$",
                    re.IGNORECASE)
+# a criterion without letters is accepted when it is an arithmetic step: "7 + 5 = 12", "(3 - 8) * 2 = -10"
+_EQUATION = re.compile(r"[\d\s.+\-*/×÷()]*\d[\d\s.+\-*/×÷()]*=\s*-?\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,8 @@ def parse_rubric(text, query_id: str = "", limits: RubricLimits = RubricLimits()
             return ParseResult(None, f"criterion {k}: too long ({len(body)} > {limits.max_criterion_chars} characters)")
         if _has_control(body):
             return ParseResult(None, f"criterion {k}: non-text (control characters)")
-        if not any(ch.isalpha() for ch in body):
-            return ParseResult(None, f"criterion {k}: no words")
+        if not any(ch.isalpha() for ch in body) and not _EQUATION.fullmatch(body):
+            return ParseResult(None, f"criterion {k}: no words (and not an arithmetic step such as '7 + 5 = 12')")
         key = " ".join(body.lower().split())
         if key in seen:
             return ParseResult(None, f"criterion {k}: repeats an earlier criterion")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -179,6 +180,28 @@ class RubricBook:
         return float(np.mean([self.source[q] == "fallback" for q in qids])) if qids else math.nan
 
 
+class TeacherRubricWarning(UserWarning):
+    """Teacher rubrics (the Rubricor's SFT targets) that the rubric parser rejects."""
+
+
+def check_teacher_rubrics(teacher: dict[str, Rubric], limits: RubricLimits, name: str) -> dict[str, str]:
+    """Query id -> parser's reason, for the teacher rubrics that would not parse as the Rubricor's output.
+
+    A Rubricor fine-tuned on such targets writes rubrics the book rejects, so every query falls back to the
+    profile rubric while the run looks healthy; this warns (:class:`TeacherRubricWarning`) with the count."""
+    bad = {}
+    for q, rub in teacher.items():
+        pr = parse_rubric(format_rubric(rub), q, limits)
+        if not pr.ok:
+            bad[q] = pr.reason
+    if bad:
+        q0 = next(iter(bad))
+        warnings.warn(f"rubric.teacher={name}: {len(bad)} of {len(teacher)} teacher rubrics do not parse "
+                      f"(e.g. {q0}: {bad[q0]}); the Rubricor learns to write rubrics that fall back to the "
+                      f"profile rubric", TeacherRubricWarning, stacklevel=2)
+    return bad
+
+
 def write_rubrics(rubricor: Rubricor, data: RubricData, qids: Sequence[str]) -> dict[str, Any]:
     prompts = [rubricor.prompt_ids(data.queries[q], data.summaries[q]) for q in qids]
     out = {}
@@ -241,13 +264,15 @@ def run_alternating(cfg: RubricConfig, data: RubricData, *, log: Callable[[str],
     teach = get_teacher(cfg.teacher)
     teacher = {q: teach(q, data.queries[q], data.probes[q], tr_by_q.get(q, ()), data.by_id,
                         max_criteria=cfg.max_criteria) for q in train_q}
+    bad_teacher = check_teacher_rubrics(teacher, limits, cfg.teacher)
     # a malformed rubric falls back to the pair-free profile rubric (never to ground truth)
     fallback = {q: get_teacher("profile")(q, data.queries[q], data.probes[q], max_criteria=cfg.max_criteria)
                 for q in data.query_ids}
     judge = Judge(cfg.judge, cfg.serialize, max_criteria=cfg.max_criteria, seed=cfg.seed)
     rubricor = Rubricor(cfg.rubricor, cfg.serialize, limits, seed=cfg.seed + 1000)
     book = RubricBook(fallback)
-    results: dict[str, Any] = {"seed": cfg.seed, "phases": [], "gate": []}
+    results: dict[str, Any] = {"seed": cfg.seed, "phases": [], "gate": [],
+                               "teacher_unparsed": len(bad_teacher)}
     if cfg.sft:
         prompts = [rubricor.prompt_ids(data.queries[q], data.summaries[q]) for q in train_q]
         targets = [format_rubric(teacher[q]) for q in train_q]

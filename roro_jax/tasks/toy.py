@@ -667,3 +667,36 @@ def load_tokenizer(folder: str | Path):
     if not (folder / "tokenizer.json").exists():
         raise FileNotFoundError(f"{folder}/tokenizer.json does not exist")
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+# ------------------------------------------------------------------------------- routed trajectories ---
+def step_labels(problem: Problem, steps: Sequence) -> dict:
+    """``first_wrong_step`` of a routed trajectory's steps (:class:`roro_jax.types.Step`) and
+    ``wrong_steps`` (steps whose *small* proposal was wrong while the route before them was right), in
+    trajectory step indices; from :func:`check_solution`."""
+    from roro_jax.types import ESCALATE
+
+    idx = [i for i, s in enumerate(steps) if s.text.strip()]  # empty steps never entered the context
+    texts = [steps[i].text for i in idx]
+    chk = check_solution(problem, texts)
+    fw = chk.first_wrong
+    first_wrong = None if fw is None else (idx[fw] if fw < len(idx) else len(steps))
+    wrong = []
+    limit = len(idx) if fw is None else min(fw + 1, len(idx))
+    for j in range(limit):
+        s = steps[idx[j]]
+        proposal = s.small_text if s.action == ESCALATE and s.small_text is not None else s.text
+        if s.action == ESCALATE and not proposal.strip():
+            wrong.append(idx[j])  # an empty proposal at a position that needed a step
+            continue
+        v = check_solution(problem, texts[:j] + [proposal]).verdicts[j]
+        if v != "ok":
+            wrong.append(idx[j])
+    return {"first_wrong_step": first_wrong, "wrong_steps": wrong, "toy_correct": chk.correct,
+            "toy_final_answer_correct": chk.final_answer_correct}
+
+
+def trajectory_meta(problem: Problem, steps: Sequence) -> dict:
+    """What the toy world adds to a routed trajectory's meta (the rollout's ``annotate`` hook): ``world``
+    and, for a toy problem, its :func:`step_labels`."""
+    return {"world": "toy", **(step_labels(problem, steps) if problem.source == "toy" else {})}

@@ -16,34 +16,56 @@ Fields (float32 ``[N]``):
 - ``process``: the process scorer's score in [0, 1] (only when ``reward.weights.process > 0`` and the world
   has a scorer: the Judge in the toy and live worlds, and in the replay world under ``roro eval``).
 
-A world added by user code registers its fields with :func:`register_reward_fields`.
+A world declares its fields in :class:`roro_jax.worlds.base.World` (``reward_fields``);
+:func:`register_reward_fields` replaces them for a registered world (or registers a world with only them).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Mapping
+from typing import Iterable, Iterator
 
-from roro_jax.registry import Registry
+from roro_jax.worlds.base import WORLDS, World, register_world
 
 __all__ = ["REWARD_FIELDS", "register_reward_fields", "reward_fields"]
 
-_COUNTS = frozenset({"correct", "large_share", "escalation_rate", "small_tokens", "large_tokens"})
 
-# world (the config's ``world``) -> the fields its reward batch holds
-REWARD_FIELDS: Registry[frozenset] = Registry("world")
+class _RewardFields(Mapping):
+    """world -> the fields its reward batch holds: a read-only view of the world registry
+    (:data:`roro_jax.worlds.base.WORLDS`)."""
+
+    kind = "world"
+
+    def get(self, world: str) -> frozenset:  # type: ignore[override]  # an unknown world is an error
+        return WORLDS.get(world).reward_fields
+
+    def names(self) -> list[str]:
+        return WORLDS.names()
+
+    def __getitem__(self, world: str) -> frozenset:
+        return self.get(world)
+
+    def __contains__(self, world: object) -> bool:
+        return world in WORLDS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(WORLDS)
+
+    def __len__(self) -> int:
+        return len(WORLDS)
+
+
+REWARD_FIELDS = _RewardFields()
 
 
 def register_reward_fields(world: str, fields: Iterable[str]) -> frozenset:
     """Declare the fields the reward batch of ``world`` holds (replacing any previous declaration)."""
-    return REWARD_FIELDS.add(world, frozenset(fields))
+    fields = frozenset(fields)
+    w = WORLDS[world].replace(reward_fields=fields) if world in WORLDS else World(world, reward_fields=fields)
+    register_world(w)
+    return fields
 
 
 def reward_fields(world: str) -> frozenset:
     """The fields the reward batch of ``world`` holds (UnknownNameError for an undeclared world)."""
     return REWARD_FIELDS.get(world)
-
-
-register_reward_fields("synthetic", _COUNTS)  # pipelines.router_synthetic: roro_jax.worlds.synthetic.reward_batch
-register_reward_fields("replay", _COUNTS | {"process"})  # pipelines.replay: RouteBatch.reward_batch
-register_reward_fields("toy", _COUNTS | {"process"})  # pipelines.toy.reward_batch (roro_jax.rl.stream.reward_inputs)
-register_reward_fields("live", _COUNTS | {"process"})  # the same rollout as toy, on real engines

@@ -93,3 +93,62 @@ def test_tensorboard_gets_the_metrics_scalars(tmp_path):
     for r in log:
         for k in numeric:
             assert tb[k][r["update"]] == pytest.approx(r[k], rel=1e-6, abs=1e-6)
+
+
+def _leaves(out, step):
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    tree = ocp.StandardCheckpointer().restore(out / "checkpoints" / str(step) / "state")
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_engine_error_mid_run_keeps_every_completed_update(tmp_path, monkeypatch, capsys):
+    """`roro router` whose collection fails for good at update 3 (a dead server: the engine's error after
+    its retries) with checkpoints only every 10 updates: one `roro: error:` line (exit 1, no traceback),
+    updates 1-2 logged and checkpointed (saved on the way out), none half-logged; the rerun resumes after
+    update 2, and the log and the final state equal an uninterrupted run's (issue 19)."""
+    import numpy as np
+
+    import pipelines.router_synthetic as rs
+    from roro_jax.cli import main
+    from roro_jax.engines.openai_server import EndpointUnavailableError
+
+    args = ["router", *BASE, "train.updates=4", "checkpoint.every=10"]
+    assert main([*args, f"out_dir={tmp_path / 'ref'}"]) == 0
+    capsys.readouterr()
+
+    real = rs.make_collect
+    url = "http://127.0.0.1:9/v1"
+
+    def dying(learner, cfg):
+        collect = real(learner, cfg)
+
+        def step(params, key, k):
+            if k == 2:  # update 3: the small model's server is gone
+                raise EndpointUnavailableError(f"model 'small': request q/router/0/0/s failed after 5 attempts on "
+                                               f"{url}; last error: APIConnectionError: Connection error.")
+            return collect(params, key, k)
+        return step
+
+    monkeypatch.setattr(rs, "make_collect", dying)
+    out = tmp_path / "run"
+    assert main([*args, f"out_dir={out}"]) == 1
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("roro: error:")]
+    assert len(errors) == 1 and url in errors[0] and "Traceback" not in err, err
+    assert "updates 1..2 are checkpointed" in err and "rerun the same command to resume" in err
+    assert [r["update"] for r in rows(out)] == [1, 2]
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2]  # saved on the way out (every=10 would have saved none)
+
+    monkeypatch.setattr(rs, "make_collect", real)
+    assert main([*args, f"out_dir={out}"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    log, ref = rows(out), rows(tmp_path / "ref")
+    assert [r["update"] for r in log] == [1, 2, 3, 4] and log[2]["resumed_from"] == 2
+    for a, b in zip(log, ref):
+        assert a["reward"] == b["reward"] and a["loss"] == b["loss"]
+    for a, b in zip(_leaves(out, 4), _leaves(tmp_path / "ref", 4)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)

@@ -104,3 +104,21 @@ def test_toy_model_paths_resolve():
     assert resolve_model_path("/some/folder") == "/some/folder"
     with pytest.raises(FileNotFoundError):
         resolve_model_path("toy:no-such-model")
+
+
+def test_unlabelled_checkpoint_rubrics_parse_and_the_loop_warns_on_teachers_that_do_not():
+    """`make demo`'s world is unlabelled ("7 + 5 + 9 + 9"): its checkpoint rubrics hold no letters, and must
+    still parse, or the Rubricor learns rubrics that all fall back to the profile rubric."""
+    from roro_jax.rubric.format import RubricLimits
+    from roro_jax.rubric.loop import TeacherRubricWarning, check_teacher_rubrics
+    from roro_jax.types import Criterion, Rubric
+
+    limits = RubricLimits(max_criteria=4)
+    teacher = {f"q{i}": get_teacher("checkpoints")(f"q{i}", q, None, max_criteria=4)
+               for i, q in enumerate(["7 + 5 + 9 + 9", "3 * 4 - 20 + 1", Q])}
+    assert [c.text for c in teacher["q0"].criteria] == ["7 + 5 = 12", "12 + 9 = 21", "21 + 9 = 30"]
+    assert check_teacher_rubrics(teacher, limits, "checkpoints") == {}
+    teacher["bad"] = Rubric("bad", [Criterion("!!", 1.0)])
+    with pytest.warns(TeacherRubricWarning, match=r"rubric.teacher=mine: 1 of 4 teacher rubrics do not parse"):
+        bad = check_teacher_rubrics(teacher, limits, "mine")
+    assert list(bad) == ["bad"] and "no words" in bad["bad"]

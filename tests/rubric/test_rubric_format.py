@@ -46,6 +46,9 @@ def test_round_trip():
     ("1. [w=abc] words", "not a number"),
     ("1. [w=0.5]", "empty text"),
     ("1. [w=0.5] 12345 !!", "no words"),
+    ("1. [w=0.5] 12 = 12 = 12", "no words"),
+    ("1. [w=0.5] = 12", "no words"),
+    ("1. [w=0.5] 7 + 5 =", "no words"),
     ("2. [w=0.5] starts at two", "numbered 2"),
     ("1. [w=0.5] a\n3. [w=0.5] b", "numbered 3"),
     ("1. [w=0.5] Same thing\n2. [w=0.5] same   THING", "repeats"),
@@ -84,3 +87,10 @@ def test_prune_keeps_at_least_one():
     p = prune_rubric(rub, {"confident steps stay small."})
     assert [c.text for c in p.criteria] == ["The route escalates step 3."] and p.criteria[0].weight == 1.0
     assert prune_rubric(rub, {"the route escalates step 3.", "confident steps stay small."}) is rub
+
+
+def test_arithmetic_checkpoints_parse():
+    """The toy worlds' checkpoint rubrics (reference steps, no letters in the unlabelled world) parse."""
+    r = parse_rubric("1. [w=0.33] 7 + 5 = 12\n2. [w=0.33] 12 - 19 = -7\n3. [w=0.33] (2 * 3) / 4 = 1.5\n")
+    assert r.ok, r.reason
+    assert [c.text for c in r.rubric.criteria] == ["7 + 5 = 12", "12 - 19 = -7", "(2 * 3) / 4 = 1.5"]
