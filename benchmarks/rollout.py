@@ -164,7 +164,10 @@ def fused_run(router, problems, policy, group, seed):
     """The same routed workload through the fused program (roro_jax.engines.fused_routing)."""
     t0 = time.perf_counter()
     before = dict(router.stats)
-    trajs = router.route_many(problems, [policy], group_size=group, seed=seed)[policy.policy_id]
+    from roro_jax.tasks.toy import trajectory_meta
+
+    trajs = router.route_many(problems, [policy], group_size=group, seed=seed,
+                              annotate=trajectory_meta)[policy.policy_id]
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "small_tokens": sum(t.small_tokens for t in trajs),
             "large_tokens": sum(t.large_tokens for t in trajs), "trajectories": len(trajs),
@@ -248,7 +251,10 @@ async def bench(args) -> dict:
             if same is None:
                 from roro_jax.rollout import rollout
 
-                htrajs = await rollout(problems, small, large, policy, cfg, group_size=args.group, seed=args.seed)
+                from roro_jax.tasks.toy import trajectory_meta
+
+                htrajs = await rollout(problems, small, large, policy, cfg, group_size=args.group, seed=args.seed,
+                                       annotate=trajectory_meta)
                 same = _same_records(htrajs, ftrajs)
     for e in (small, large):
         await e.aclose()
@@ -312,6 +318,7 @@ def eval_workload(args) -> dict:
     from roro_jax.router.baselines import (ConfidenceThreshold, RandomPolicy, SteerPolicy, fit_gmm2, lrm_only,
                                            srm_only)
     from roro_jax.router.policies import RouterPolicy
+    from roro_jax.tasks.toy import trajectory_meta
     from roro_jax.worlds.variants import get_world
 
     demo = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
@@ -332,7 +339,8 @@ def eval_workload(args) -> dict:
 
     def host(probs):
         async def main():
-            out = await asyncio.gather(*(rollout(probs, small, large, p, cfg, seed=demo.seed + 777) for p in pols))
+            out = await asyncio.gather(*(rollout(probs, small, large, p, cfg, seed=demo.seed + 777,
+                                                 annotate=trajectory_meta) for p in pols))
             for e in (small, large):
                 await e.aclose()
             return out
@@ -344,7 +352,7 @@ def eval_workload(args) -> dict:
     host(warm)
     host_warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    router.route_many(warm, pols, seed=demo.seed + 777)
+    router.route_many(warm, pols, seed=demo.seed + 777, annotate=trajectory_meta)
     fused_warm = time.perf_counter() - t0
     print("eval workload: timing", file=sys.stderr)
     t0 = time.perf_counter()
@@ -352,7 +360,7 @@ def eval_workload(args) -> dict:
     host_s = time.perf_counter() - t0
     before = dict(router.stats)
     t0 = time.perf_counter()
-    f = router.route_many(problems, pols, seed=demo.seed + 777)
+    f = router.route_many(problems, pols, seed=demo.seed + 777, annotate=trajectory_meta)
     fused_s = time.perf_counter() - t0
     n = len(pols) * len(problems)
     same = all(_same_records(a, f[p.policy_id]) for a, p in zip(h, pols))

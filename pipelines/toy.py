@@ -119,7 +119,8 @@ def _fused_route(router, cfg, problems, policies, *, group_size: int, seed: int,
         if not todo:
             continue
         probs = [problems[i] for i in todo]
-        res = router.route_many(probs, pols, group_size=group_size, seed=seed, prompt_fn=prompt_fn(cfg))
+        res = router.route_many(probs, pols, group_size=group_size, seed=seed, prompt_fn=prompt_fn(cfg),
+                                annotate=annotate_fn(cfg))
         for pid, trajs in res.items():
             if store is not None:
                 trajs = [t for t in trajs if (t.query_id, t.sample_idx, pid) not in store]

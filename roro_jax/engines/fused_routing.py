@@ -57,8 +57,7 @@ from flax import nnx
 
 from roro_jax.models.sampler import FINISH_REASONS, _choose, bucket
 from roro_jax.models.stopping import stop_tables_for
-from roro_jax.rollout import (RolloutConfig, default_prompt, derive_seed, has_final_answer, rollout_sync,
-                              toy_step_labels)
+from roro_jax.rollout import RolloutConfig, default_prompt, derive_seed, has_final_answer, rollout_sync
 from roro_jax.router.device_policies import DevicePolicy, row_uniforms_for, to_device_policy
 from roro_jax.router.features import logprob_features
 from roro_jax.tasks.grading import grade
@@ -515,10 +514,11 @@ class FusedRouter:
 
     # ------------------------------------------------------------------ the run
     def route_many(self, problems: Sequence, policies: Sequence, *, group_size: int = 1, seed: int = 0,
-                   grader: Callable[[str, str], bool] = grade, prompt_fn: Callable = default_prompt
-                   ) -> dict[str, list[Trajectory]]:
+                   grader: Callable[[str, str], bool] = grade, prompt_fn: Callable = default_prompt,
+                   annotate: Callable | None = None) -> dict[str, list[Trajectory]]:
         """``{policy_id: trajectories}`` (problem-major, sample-minor), like the host loop's rollout of
-        every policy. Policies without a device version go through the host loop."""
+        every policy (``grader``, ``prompt_fn``, ``annotate`` as in :func:`roro_jax.rollout.rollout`).
+        Policies without a device version go through the host loop."""
         ids = [p.policy_id for p in policies]
         if len(set(ids)) != len(ids):
             raise ValueError(f"fused routing: duplicate policy ids {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -532,7 +532,7 @@ class FusedRouter:
             if d is None:
                 out[policies[i].policy_id] = rollout_sync(problems, self.small, self.large, policies[i], self.cfg,
                                                           group_size=group_size, seed=seed, grader=grader,
-                                                          prompt_fn=prompt_fn)
+                                                          prompt_fn=prompt_fn, annotate=annotate)
         if not on_dev:
             return {pid: out[pid] for pid in ids}
         dpols = [d for _, d in on_dev]
@@ -549,7 +549,7 @@ class FusedRouter:
             t0 = time.perf_counter()
             for i, r in enumerate(chunk):
                 results[s + i] = self._trajectory(r, dpols[r.policy], {k_: v[i] for k_, v in arrays.items()},
-                                                  seed, grader)
+                                                  seed, grader, annotate)
             self.stats["host_s"] += time.perf_counter() - t0
         bad = [i for i, tr in enumerate(results) if tr is None]
         if bad:  # the host loop decides these rows (see the module docstring)
@@ -564,7 +564,8 @@ class FusedRouter:
                     by_problem.setdefault(str(rows[i].problem.id), []).append(i)
                 for q, idxs in by_problem.items():
                     redo = rollout_sync([rows[idxs[0]].problem], self.small, self.large, pol, self.cfg,
-                                        group_size=group_size, seed=seed, grader=grader, prompt_fn=prompt_fn)
+                                        group_size=group_size, seed=seed, grader=grader, prompt_fn=prompt_fn,
+                                        annotate=annotate)
                     for i in idxs:
                         results[i] = redo[rows[i].g]
         per = len(problems) * group_size
@@ -648,7 +649,7 @@ class FusedRouter:
                 text = text[:at + len(d)]
         return text
 
-    def _trajectory(self, r: _Row, d: DevicePolicy, a: dict, seed: int, grader) -> Trajectory | None:
+    def _trajectory(self, r: _Row, d: DevicePolicy, a: dict, seed: int, grader, annotate=None) -> Trajectory | None:
         """The host loop's record of one row from the program's arrays, re-checking its control flow on
         the texts; None when a device decision disagrees (the row then goes through the host loop)."""
         cfg, qid = self.cfg, str(r.problem.id)
@@ -715,13 +716,13 @@ class FusedRouter:
                           correct=bool(grader(answer_text, r.problem.answer)), seed=int(seed))
         n_small, n_large = float(self.small.n_params), float(self.large.n_params)
         traj.meta.update({
-            "world": "toy" if r.problem.source == "toy" else "live", "end_reason": end, "gold": r.problem.answer,
+            "end_reason": end, "gold": r.problem.answer,
             "small_engine": self.small.name, "large_engine": self.large.name, "small_params": n_small,
             "large_params": n_large, "flops": traj.flops(n_small, n_large),
             "n_empty_steps": sum(1 for s in steps if not s.text.strip()), "feature_family": "logprob",
         })
-        if r.problem.source == "toy":
-            traj.meta.update(toy_step_labels(r.problem, steps))
+        if annotate is not None:
+            traj.meta.update(annotate(r.problem, steps))
         return traj
 
 

@@ -53,10 +53,10 @@ def policies():
             CriticalFirst(2, drop=0.002), AntiCritical(1, threshold=0.999)]
 
 
-def host_many(problems, small, large, policies, cfg, *, group_size, seed):
+def host_many(problems, small, large, policies, cfg, *, group_size, seed, annotate=None):
     async def main():
-        return await asyncio.gather(*(rollout(problems, small, large, p, cfg, group_size=group_size, seed=seed)
-                                      for p in policies))
+        return await asyncio.gather(*(rollout(problems, small, large, p, cfg, group_size=group_size, seed=seed,
+                                              annotate=annotate) for p in policies))
 
     return dict(zip([p.policy_id for p in policies], asyncio.run(main())))
 
@@ -80,9 +80,11 @@ def assert_same(host, fused, *, atol=1e-5):
 @pytest.fixture(scope="module")
 def greedy_runs(engines, problems, policies):
     small, large = engines
+    from roro_jax.tasks.toy import trajectory_meta  # the toy world's labels in meta, on both paths
+
     router = FusedRouter(small, large, CFG, batch=32)
-    fused = router.route_many(problems, policies, group_size=2, seed=5)
-    host = host_many(problems, small, large, policies, CFG, group_size=2, seed=5)
+    fused = router.route_many(problems, policies, group_size=2, seed=5, annotate=trajectory_meta)
+    host = host_many(problems, small, large, policies, CFG, group_size=2, seed=5, annotate=trajectory_meta)
     return host, fused, router.stats
 
 
@@ -92,6 +94,7 @@ def test_every_policy_kind_matches_the_host_loop_greedy(greedy_runs, policies):
     for p in policies:
         assert_same(host[p.policy_id], fused[p.policy_id])
     # the comparison is not vacuous: both actions, several end reasons, escalated and kept steps
+    assert all(t.meta["world"] == "toy" and "wrong_steps" in t.meta for p in policies for t in fused[p.policy_id])
     acts = {s.action for p in policies for t in fused[p.policy_id] for s in t.steps}
     assert acts == {0, 1}
     ends = {t.meta["end_reason"] for p in policies for t in fused[p.policy_id]}
@@ -335,7 +338,7 @@ def test_toy_routing_fused_config_routes_through_the_fused_sampler(engines, prob
     pols = ANSWER_POLICIES
     store = TrajectoryStore(tmp_path / "t.jsonl")
     fused = T.route_many(cfg, eng, problems[:4], pols, seed=3, store=store, progress=False)
-    host = host_many(problems[:4], small, large, pols, cfg.rollout, group_size=1, seed=3)
+    host = host_many(problems[:4], small, large, pols, cfg.rollout, group_size=1, seed=3, annotate=T.annotate_fn(cfg))
     for p in pols:
         assert_same(host[p.policy_id], fused[p.policy_id])
     assert len(list(store.iter())) == 8
