@@ -55,8 +55,17 @@ class MLPRouterPolicy:
         rate = min(max(rate, 1e-4), 1 - 1e-4)
         model = make_router(RouterConfig(), len(LOGPROB_NAMES), seed=seed, escalate_bias=math.log(rate / (1 - rate)))
         graphdef, self.state = nnx.split(model)
+        self.graphdef = graphdef
         self._fn = jax.jit(lambda s, x: escalate_prob(nnx.merge(graphdef, s)(x)))
         self.policy_id = f"bench_router_{rate:g}"
+
+    def device_policy(self):
+        """The same sampled router on the device (for the fused sampler): ``u < p`` with the same uniforms."""
+        from roro_jax.router.device_policies import DevicePolicy, split64
+
+        t_hi, t_lo = split64(0.5)
+        return DevicePolicy(self.policy_id, "router_mlp", (self.graphdef, False),
+                            {"state": self.state, "t_hi": t_hi, "t_lo": t_lo}, salt=0xB37C)
 
     def act(self, obs, rng):
         from roro_jax.router.baselines import row_uniforms
@@ -151,6 +160,31 @@ async def plain_run(prompts_small, prompts_large, small, large, tokens_small, to
     return out
 
 
+def fused_run(router, problems, policy, group, seed):
+    """The same routed workload through the fused program (roro_jax.engines.fused_routing)."""
+    t0 = time.perf_counter()
+    before = dict(router.stats)
+    from roro_jax.tasks.toy import trajectory_meta
+
+    trajs = router.route_many(problems, [policy], group_size=group, seed=seed,
+                              annotate=trajectory_meta)[policy.policy_id]
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "small_tokens": sum(t.small_tokens for t in trajs),
+            "large_tokens": sum(t.large_tokens for t in trajs), "trajectories": len(trajs),
+            "steps": sum(len(t.steps) for t in trajs), "escalations": sum(t.n_escalations for t in trajs),
+            "device_s": router.stats["device_s"] - before["device_s"],
+            "host_s": router.stats["host_s"] - before["host_s"],
+            "fallback_rows": router.stats["fallback_rows"] - before["fallback_rows"],
+            "programs": router.stats["programs"] - before["programs"]}, trajs
+
+
+def _same_records(a, b) -> bool:
+    """Token-identical trajectories, actions and costs."""
+    key = lambda t: (t.traj_id, [(s.token_ids, s.action, s.small_tokens, s.large_tokens) for s in t.steps],  # noqa: E731
+                     t.correct, t.meta.get("end_reason"))
+    return [key(t) for t in a] == [key(t) for t in b]
+
+
 def _stats(e) -> dict:
     """The Flax engine's busy-time counters (a dict attribute); {} for engines without them (servers)."""
     st = getattr(e, "stats", None)
@@ -196,11 +230,32 @@ async def bench(args) -> dict:
     warm = await routed_run(problems, small, large, policy, cfg, args.group, args.seed)  # same seeds as timed
     await plain_run(prompts_s, prompts_l, small, large, warm["small_tokens"], warm["large_tokens"], cfg, args.seed)
     warmup_s = time.perf_counter() - t0
+    fused, fused_router = [], None
+    if args.fused:
+        from roro_jax.engines.fused_routing import FusedRouter
+
+        n_rows = args.queries * args.group
+        fused_router = FusedRouter(small, large, cfg, batch=args.fused_batch or 1 << max(n_rows - 1, 0).bit_length())
+        t1 = time.perf_counter()
+        fused_run(fused_router, problems, policy, args.group, args.seed)  # compile
+        fused_compile_s = time.perf_counter() - t1
     routed, plain = [], []
+    same = None
     for _ in range(args.repeats):
         routed.append(await routed_run(problems, small, large, policy, cfg, args.group, args.seed))
         plain.append(await plain_run(prompts_s, prompts_l, small, large, routed[-1]["small_tokens"],
                                      routed[-1]["large_tokens"], cfg, args.seed))
+        if args.fused:
+            row, ftrajs = fused_run(fused_router, problems, policy, args.group, args.seed)
+            fused.append(row)
+            if same is None:
+                from roro_jax.rollout import rollout
+
+                from roro_jax.tasks.toy import trajectory_meta
+
+                htrajs = await rollout(problems, small, large, policy, cfg, group_size=args.group, seed=args.seed,
+                                       annotate=trajectory_meta)
+                same = _same_records(htrajs, ftrajs)
     for e in (small, large):
         await e.aclose()
 
@@ -226,10 +281,97 @@ async def bench(args) -> dict:
                                                   "small_rows_per_batch", "large_rows_per_batch")},
         },
         "warmup_s": warmup_s, "repeats": args.repeats,
+        "host_loop": "roro_jax.rollout (one engine call per step and model, decisions on the host)",
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "small_engine": repr(small), "large_engine": repr(large),
     }
+    if args.fused:
+        f_tps = (fused[-1]["small_tokens"] + fused[-1]["large_tokens"]) / med(fused, "wall_s")
+        prof = FusedRouter(small, large, cfg, batch=fused_router.batch, profile=True)
+        fused_run(prof, problems, policy, args.group, args.seed)  # compile the profiled variant
+        prof.stats.pop("phases", None)
+        fused_run(prof, problems, policy, args.group, args.seed)
+        res["fused"] = {
+            "ratio": f_tps / p_tps, "routed_tokens_per_s": f_tps, "wall_s": med(fused, "wall_s"),
+            "device_s": med(fused, "device_s"), "host_s": med(fused, "host_s"), "batch": fused_router.batch,
+            "programs": fused[-1]["programs"], "fallback_rows": fused[-1]["fallback_rows"],
+            "same_trajectories_as_host_loop": same, "compile_s": fused_compile_s,
+            "speedup_vs_host_loop": f_tps / r_tps,
+            "phase_split_s": {k: round(v, 4) for k, v in prof.stats["phases"].items()},
+            "phase_split_note": "one extra run with ordered host callbacks at the phase boundaries (serialised, "
+                                "so the phases sum to more than wall_s)",
+        }
     return res
+
+
+def eval_workload(args) -> dict:
+    """routes/s on the demo's evaluation workload: 23 operating points (SRM, LRM, 4 random rates, 6
+    thresholds, 5 STEER gammas, 6 greedy routers) × ``--eval-problems`` held-out toy problems with the demo
+    config's engines and rollout settings, through the host loop and the fused sampler in the same run."""
+    import dataclasses
+
+    from roro_jax.config import Config, load_config
+    from roro_jax.engines.flax_engine import FlaxEngine
+    from roro_jax.engines.fused_routing import FusedRouter
+    from roro_jax.rl.trainer import RouterLearner
+    from roro_jax.rollout import rollout
+    from roro_jax.router.baselines import (ConfidenceThreshold, RandomPolicy, SteerPolicy, fit_gmm2, lrm_only,
+                                           srm_only)
+    from roro_jax.router.policies import RouterPolicy
+    from roro_jax.tasks.toy import trajectory_meta
+    from roro_jax.worlds.variants import get_world
+
+    demo = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    world = get_world(demo.toy.variant)
+    kw = dict(max_batch=demo.toy.max_batch, batch_buckets=(demo.toy.max_batch,), min_prompt_bucket=demo.toy.prompt_bucket,
+              min_new_bucket=demo.rollout.max_step_tokens)
+    small = FlaxEngine(world.model_dir("small"), name="toy-small", **kw)
+    large = FlaxEngine(world.model_dir("large"), name="toy-large", **kw)
+    cfg = demo.rollout
+    problems = world.problems("test", args.eval_problems, seed=demo.toy.problem_seed)
+    gmm = fit_gmm2(np.r_[np.linspace(0.9, 0.99, 50), np.linspace(0.99, 1.0, 150)])
+    pols = [srm_only(), lrm_only()] + [RandomPolicy(r, seed=demo.seed) for r in demo.sweep.random_rates]
+    pols += [ConfidenceThreshold(t) for t in demo.sweep.thresholds] + [SteerPolicy(gmm, g) for g in demo.sweep.gammas]
+    rcfg = dataclasses.replace(Config(), router=demo.router)
+    for i, bias in enumerate((-2.0, -1.0, -0.2, 0.2, 1.0, 2.0)):
+        learner = RouterLearner(dataclasses.replace(rcfg, seed=i), 16, escalate_bias=bias)
+        pols.append(RouterPolicy(learner, learner.params, greedy=True, policy_id=f"router{i}"))
+
+    def host(probs):
+        async def main():
+            out = await asyncio.gather(*(rollout(probs, small, large, p, cfg, seed=demo.seed + 777,
+                                                 annotate=trajectory_meta) for p in pols))
+            for e in (small, large):
+                await e.aclose()
+            return out
+        return asyncio.run(main())
+
+    router = FusedRouter(small, large, cfg, batch=args.eval_batch)
+    warm = problems[:min(len(problems), 32)]
+    t0 = time.perf_counter()
+    host(warm)
+    host_warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    router.route_many(warm, pols, seed=demo.seed + 777, annotate=trajectory_meta)
+    fused_warm = time.perf_counter() - t0
+    print("eval workload: timing", file=sys.stderr)
+    t0 = time.perf_counter()
+    h = host(problems)
+    host_s = time.perf_counter() - t0
+    before = dict(router.stats)
+    t0 = time.perf_counter()
+    f = router.route_many(problems, pols, seed=demo.seed + 777, annotate=trajectory_meta)
+    fused_s = time.perf_counter() - t0
+    n = len(pols) * len(problems)
+    same = all(_same_records(a, f[p.policy_id]) for a, p in zip(h, pols))
+    return {"operating_points": len(pols), "problems": len(problems), "routes": n,
+            "host_routes_per_s": n / host_s, "fused_routes_per_s": n / fused_s, "speedup": host_s / fused_s,
+            "host_s": host_s, "fused_s": fused_s, "fused_device_s": router.stats["device_s"] - before["device_s"],
+            "fused_host_s": router.stats["host_s"] - before["host_s"],
+            "fallback_rows": router.stats["fallback_rows"] - before["fallback_rows"], "fused_batch": router.batch,
+            "same_trajectories": same, "warmup_s": {"host": host_warm, "fused": fused_warm},
+            "rollout": {"max_steps": cfg.max_steps, "max_step_tokens": cfg.max_step_tokens,
+                        "temperature": cfg.temperature}}
 
 
 def parse_args(argv=None):
@@ -256,6 +398,12 @@ def parse_args(argv=None):
     ap.add_argument("--large-layers", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fused", action="store_true",
+                    help="flax: also time the fused routed sampler (one jitted program) on the same workload")
+    ap.add_argument("--fused-batch", type=int, default=0, help="rows per fused program (0: all trajectories)")
+    ap.add_argument("--eval-problems", type=int, default=0,
+                    help="with --fused: also time the demo's evaluation workload (23 operating points x N problems)")
+    ap.add_argument("--eval-batch", type=int, default=256, help="rows per fused program for --eval-problems")
     ap.add_argument("--json", action="store_true")
     return ap.parse_args(argv)
 
@@ -263,7 +411,11 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = machine()
-    res = annotate(asyncio.run(bench(args)), start)
+    res = asyncio.run(bench(args))
+    if args.eval_problems:  # synchronous (it runs its own event loops)
+        print(json.dumps({k: res[k] for k in ("ratio", "fused") if k in res}), file=sys.stderr)
+        res["eval_workload"] = eval_workload(args)
+    res = annotate(res, start)
     if args.json:
         print(json.dumps(res))
     else:
@@ -275,6 +427,16 @@ def main(argv=None) -> dict:
               f"{res['plain_tokens_per_s']:.0f} tok/s")
         print(f"  ratio routed/plain = {res['ratio']:.2f}  (target >= 0.8)")
         print(f"  time split: {json.dumps(res['time_split'])}")
+        if "fused" in res:
+            fz = res["fused"]
+            print(f"  fused : {fz['routed_tokens_per_s']:.0f} tok/s, ratio routed/plain = {fz['ratio']:.2f} "
+                  f"({fz['speedup_vs_host_loop']:.1f}x the host loop; same trajectories: "
+                  f"{fz['same_trajectories_as_host_loop']})")
+            print(f"  fused phase split (s): {json.dumps(fz['phase_split_s'])}")
+        if "eval_workload" in res:
+            ev = res["eval_workload"]
+            print(f"  demo eval workload ({ev['routes']} routes): host {ev['host_routes_per_s']:.1f} routes/s, "
+                  f"fused {ev['fused_routes_per_s']:.1f} routes/s ({ev['speedup']:.1f}x; same: {ev['same_trajectories']})")
         print(summary_line(res))
     return res
 

@@ -89,8 +89,53 @@ def annotate_fn(cfg):
     return get_world(cfg.world).annotate
 
 
+_FUSED: dict = {}
+
+
+def fused_router(cfg, engines: ToyEngines):
+    """The fused routed sampler for ``engines`` when ``toy.routing`` is ``fused`` (toy world, Flax engines,
+    ``logprob`` features), else None (the host loop). One per engine pair and rollout settings."""
+    from roro_jax.engines.fused_routing import FusedRouter
+
+    if (cfg.world != "toy" or getattr(cfg.toy, "routing", "host") != "fused" or cfg.router.features != "logprob"
+            or not all(isinstance(e, FlaxEngine) for e in (engines.small, engines.large))):
+        return None
+    key = (id(engines.small), id(engines.large), cfg.rollout, cfg.toy.fused_batch)
+    if key not in _FUSED:
+        _FUSED.clear()
+        _FUSED[key] = FusedRouter(engines.small, engines.large, cfg.rollout, batch=cfg.toy.fused_batch)
+    return _FUSED[key]
+
+
+def _fused_route(router, cfg, problems, policies, *, group_size: int, seed: int, store) -> dict[str, list[Trajectory]]:
+    """Fused routing with the host loop's store semantics: stored trajectories are skipped, new ones added."""
+    out: dict[str, list[Trajectory]] = {p.policy_id: [] for p in policies}
+    groups: dict[tuple, list] = {}
+    for pol in policies:
+        todo = tuple(i for i, p in enumerate(problems)
+                     if store is None or any((str(p.id), g, pol.policy_id) not in store for g in range(group_size)))
+        groups.setdefault(todo, []).append(pol)
+    for todo, pols in groups.items():
+        if not todo:
+            continue
+        probs = [problems[i] for i in todo]
+        res = router.route_many(probs, pols, group_size=group_size, seed=seed, prompt_fn=prompt_fn(cfg),
+                                annotate=annotate_fn(cfg))
+        for pid, trajs in res.items():
+            if store is not None:
+                trajs = [t for t in trajs if (t.query_id, t.sample_idx, pid) not in store]
+                for t in trajs:
+                    store.add(t)
+            out[pid] = trajs
+    return out
+
+
 def route(cfg, engines: ToyEngines, problems, policy: Policy, *, group_size: int = 1, seed: int = 0,
           store=None) -> list[Trajectory]:
+    router = fused_router(cfg, engines)
+    if router is not None:
+        return _fused_route(router, cfg, problems, [policy], group_size=group_size, seed=seed,
+                            store=store)[policy.policy_id]
     return rollout_sync(problems, engines.small, engines.large, policy, cfg.rollout, group_size=group_size,
                         seed=seed, store=store, feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg),
                         annotate=annotate_fn(cfg))
@@ -106,6 +151,9 @@ def route_many(cfg, engines: ToyEngines, problems, policies: Sequence[Policy], *
     ids = [p.policy_id for p in policies]
     if len(set(ids)) != len(ids):
         raise ValueError(f"route_many: duplicate policy ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    router = fused_router(cfg, engines)
+    if router is not None:  # one program per batch of rows, all policies mixed
+        return _fused_route(router, cfg, problems, policies, group_size=1, seed=seed, store=store)
 
     async def main():
         bar = tqdm(total=len(policies), desc=desc, disable=not progress, leave=False)

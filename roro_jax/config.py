@@ -225,6 +225,10 @@ class ToyWorldConfig:
     problem_seed: int = 0
     max_batch: int = _at_least(64, 1)  # Flax engine batch (the only compiled batch shape)
     prompt_bucket: int = _at_least(64, 1)  # smallest prompt-length bucket (a toy prompt plus all its steps fits in 64 tokens)
+    # how routed generation runs: host (roro_jax.rollout, an engine call per step) | fused (one jitted program
+    # per batch, roro_jax.engines.fused_routing; same trajectories, policies without a device version use host)
+    routing: str = _choice("host", "host", "fused")
+    fused_batch: int = _at_least(256, 8)  # most rows per fused program
 
 
 @dataclass
