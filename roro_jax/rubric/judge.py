@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from roro_jax.models.score import ScoreModel
 from roro_jax.rl.losses import bradley_terry_loss, safe_div
 from roro_jax.rl import update as rl_update
-from roro_jax.rl.update import TrainState, init_state
+from roro_jax.rl.update import MODES, TrainState, init_state
 from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, trainable_filter
 from roro_jax.rubric.serialize import SerializeConfig, serialize_query, serialize_trajectory
 from roro_jax.types import PreferencePair, Rubric, Trajectory
@@ -56,7 +56,8 @@ class JudgeConfig:
     max_grad_norm: float = 1.0
     batch_pairs: int = 16
     steps: int = 80  # optimiser steps per Judge phase
-    parallel: str = "single"  # single | shard_map | pmap | jit_sharded (batch_pairs: a multiple of the devices)
+    # single | shard_map | pmap | jit_sharded (batch_pairs: a multiple of the devices)
+    parallel: str = field(default="single", metadata={"choices": MODES})
     kind_weights: str = "none"  # none | balanced (pair weight ∝ 1 / count of its kind: kinds weigh equally)
     len_multiple: int = 32  # sequence lengths are padded up to a multiple of this
 
