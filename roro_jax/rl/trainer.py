@@ -18,7 +18,8 @@ from roro_jax import distributed
 from roro_jax.rl.checkpoint import Checkpointer
 from roro_jax.rl.reference import reference_params
 from roro_jax.rl.losses import POLICY_LOSSES
-from roro_jax.rl.update import DATA, as_hparams, init_state, make_optimizer, make_router_update, policy_logp, router_hparams
+from roro_jax.rl.update import (DATA, as_hparams, init_state, make_optimizer, make_router_update, policy_logp,
+                                router_hparams, set_hyperparams)
 from roro_jax.router.mlp import RouterMLP, escalate_prob, make_router
 
 
@@ -135,8 +136,17 @@ class RouterLearner:
 
     def restore(self, ckpt: Checkpointer, step: int | None = None) -> dict:
         state, meta = ckpt.restore(self.state, step)
-        self.state = jax.tree.map(jnp.asarray, state)
+        self.state = self.with_config_values(jax.tree.map(jnp.asarray, state))
         return meta
+
+    def with_config_values(self, state):
+        """``state`` with this learner's hyperparameter values (``grpo.lr``, ``grpo.max_grad_norm`` and
+        :func:`~roro_jax.rl.update.router_hparams`): after a restore, the config in effect is what trains
+        (a resume with ``checkpoint.allow_config_change`` that changed ``grpo.lr`` uses the new value)."""
+        g = self.cfg.grpo
+        opt_state = set_hyperparams(state.opt_state, learning_rate=g.lr,
+                                    max_grad_norm=g.max_grad_norm if g.max_grad_norm else float("inf"))
+        return state.replace(opt_state=opt_state, hparams=as_hparams(self.hparams))
 
 
 # ----------------------------------------------------------------------------------- training loop ---

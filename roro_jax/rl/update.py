@@ -98,6 +98,17 @@ def make_optimizer(lr, max_grad_norm: float | None = 1.0) -> optax.GradientTrans
                                           max_grad_norm=float(max_grad_norm) if max_grad_norm else float("inf"))
 
 
+def set_hyperparams(opt_state, **values):
+    """``opt_state`` of an ``optax.inject_hyperparams`` optimiser with ``values`` (e.g. ``learning_rate``)
+    replacing the ones it carries (same dtypes: nothing recompiles)."""
+    hp = dict(opt_state.hyperparams)
+    for k, v in values.items():
+        if k not in hp:
+            raise KeyError(f"the optimiser has no hyperparameter {k!r}; it has {sorted(hp)}")
+        hp[k] = jnp.asarray(v, jnp.asarray(hp[k]).dtype)
+    return opt_state._replace(hyperparams=hp)
+
+
 def as_hparams(values: Mapping[str, float] | None):
     """``{name: float32 scalar}`` for ``TrainState.hparams`` (None stays None)."""
     return None if values is None else {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}

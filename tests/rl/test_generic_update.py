@@ -98,3 +98,17 @@ def test_a_registered_policy_loss_is_picked_by_name(tmp_path):
         POLICY_LOSSES.pop("test_plain_pg")
     with pytest.raises(ConfigError, match=r"grpo.loss.*unknown policy loss 'nope'"):
         load_config(None, ["grpo.loss=nope"])
+
+
+def test_a_resume_that_changes_the_learning_rate_trains_with_the_new_one(tmp_path):
+    """The learning rate lives in the checkpointed optimiser state; a resume allowed to change ``grpo.lr``
+    (``checkpoint.allow_config_change``) must use the config's value, not the checkpoint's."""
+    cfg = load_config(None, BASE + [f"out_dir={tmp_path}", "grpo.lr=1e-3"])
+    train_router_synthetic(cfg, resume=False, stop_after=1, progress=False)
+    cfg2 = load_config(None, BASE + [f"out_dir={tmp_path}", "grpo.lr=5e-2", "grpo.clip_eps=0.3",
+                                     "checkpoint.allow_config_change=true"])
+    with pytest.warns(UserWarning, match="grpo.lr"):
+        learner, hist = train_router_synthetic(cfg2, resume=True, progress=False)
+    assert [h["update"] for h in hist] == [2]
+    assert float(learner.state.opt_state.hyperparams["learning_rate"]) == pytest.approx(5e-2)
+    assert float(learner.state.hparams["clip_eps"]) == pytest.approx(0.3)
