@@ -67,6 +67,12 @@ def _outcome_rules():
     return OUTCOME_RULES
 
 
+def _policy_losses():
+    from roro_jax.rl.losses import POLICY_LOSSES
+
+    return POLICY_LOSSES
+
+
 def _references():
     from roro_jax.rl.reference import REFERENCES
 
@@ -133,6 +139,8 @@ class GRPOConfig:
     clip_eps: float = _at_least(0.2, 0.0)
     clip_eps_high: Optional[float] = None
     beta: float = _at_least(0.0, 0.0)  # KL-to-reference weight (0 = no KL term)
+    # the policy loss (roro_jax.rl.losses.POLICY_LOSSES): grpo (clipped ratio) | yours (register_policy_loss)
+    loss: str = _registry("grpo", _policy_losses)
     # the reference policy of the KL term (roro_jax.rl.reference.REFERENCES): init (the initial router,
     # frozen; kept in the checkpoints) | none (then beta must be 0) | yours
     reference: str = _registry("init", _references)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,4 +172,6 @@ def test_readme_block_runs(line, lang, code, tmp_path):
         return
     for name, text in saved_files(line).items():
         (tmp_path / name).write_text(text)
+    if "examples/" in code:  # commands that load the checkout's examples/ (a user who cloned the repository)
+        shutil.copytree(REPO_ROOT / "examples", tmp_path / "examples")
     run_shell(code, tmp_path)

@@ -10,12 +10,15 @@ Modules (import what you need; nothing is re-exported here):
   (GRPO's group-normalised advantages; NaN rewards give 0), ``rloo_advantages`` (leave-one-out), the
   advantage-estimator registry (``group``, ``batch``, ``none``, ``rloo``; ``register_advantage``).
 - :mod:`~roro_jax.rl.losses`: ``policy_loss`` (clipped ratio, asymmetric clip, k1/k2/k3/exact KL, three
-  aggregations), ``bernoulli_kl``, ``bernoulli_entropy``, ``bradley_terry_loss``, the KL registry.
+  aggregations), ``bernoulli_kl``, ``bernoulli_entropy``, ``bradley_terry_loss``, the KL registry
+  (``register_kl``) and the policy-loss registry (``grpo``; ``register_policy_loss``, ``grpo.loss``).
 - :mod:`~roro_jax.rl.reference`: the KL term's reference policy (``grpo.reference``: ``init``, the
   initial router frozen, or ``none``; ``register_reference``), carried in ``TrainState.ref_params``.
-- :mod:`~roro_jax.rl.update`: ``make_update``: one jitted ``update(state, batch, rng)`` running epochs ×
-  minibatches in ``lax.scan`` with donated state, in the ``single``, ``shard_map``, ``pmap`` and
-  ``jit_sharded`` modes; ``validate_batch``.
+- :mod:`~roro_jax.rl.update`: ``make_update(loss_terms_fn, tx, ...)``: the one jitted
+  ``update(state, batch, rng)`` running epochs × minibatches in ``lax.scan`` with donated state, in the
+  ``single``, ``shard_map``, ``pmap`` and ``jit_sharded`` modes, hyperparameters as data
+  (``make_optimizer``: ``optax.inject_hyperparams``; ``TrainState.hparams``); the router's instance
+  ``make_router_update``; ``validate_batch``.
 - :mod:`~roro_jax.rl.trainer`: ``RouterLearner`` (graph, state, update, checkpoints) and ``run_training``,
   the online GRPO loop every world shares.
 - :mod:`~roro_jax.rl.checkpoint`: orbax checkpoints (every k, keep N, atomic, SHA-256 verified, fallback

@@ -150,12 +150,17 @@ def policy_loss_terms(logp, old_logp, advantages, mask, *, ref_logp=None, clip_e
 
 
 def finalize_terms(terms):
-    """``terms -> (loss, metrics)``; use after (optionally) ``psum``-ing every term across devices."""
+    """``terms -> (loss, metrics)``; use after (optionally) ``psum``-ing every term across devices.
+
+    ``loss = loss_sum / loss_den`` and ``pg_loss = pg_loss_sum / loss_den``; any other ``name_sum`` becomes
+    the token mean ``name = name_sum / tokens`` (or ``/ loss_den`` when the terms have no ``tokens``)."""
     loss = safe_div(terms["loss_sum"], terms["loss_den"])
-    metrics = {"loss": loss, "pg_loss": safe_div(terms["pg_loss_sum"], terms["loss_den"])}
-    for key in ("clip_frac", "ratio", "approx_kl_old", "kl", "entropy"):
-        if f"{key}_sum" in terms:
-            metrics[key] = safe_div(terms[f"{key}_sum"], terms["tokens"])
+    metrics = {"loss": loss}
+    for key, value in terms.items():
+        if key.endswith("_sum") and key != "loss_sum":
+            name = key[:-4]
+            den = terms["loss_den"] if name == "pg_loss" or "tokens" not in terms else terms["tokens"]
+            metrics[name] = safe_div(value, den)
     return loss, metrics
 
 
@@ -180,6 +185,34 @@ def policy_loss(logp, old_logp, advantages, mask, *, ref_logp=None, clip_eps=0.2
     return finalize_terms(policy_loss_terms(
         logp, old_logp, advantages, mask, ref_logp=ref_logp, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
         beta=beta, kl=kl, agg=agg, entropy=entropy, entropy_coef=entropy_coef))
+
+
+# ------------------------------------------------------------------------------ policy-loss registry ---
+# name -> ``fn(logp, batch, hp) -> terms``; ``grpo.loss`` picks one by name. ``logp`` [B, T]: log-probs of the
+# taken actions under the parameters being trained; ``batch``: ``old_logp`` [B, T], ``mask`` [B, T],
+# ``advantages`` [B], ``entropy`` [B, T] and, with a reference policy, ``ref_logp`` [B, T]; ``hp``: the numbers
+# ``clip_eps``, ``clip_eps_high``, ``beta``, ``entropy_coef`` (traced scalars: changing them does not
+# recompile) and the names ``agg``, ``kl``. ``terms``: additive sums with ``loss_sum`` and ``loss_den`` (the
+# latter independent of the parameters), as :func:`policy_loss_terms` returns them.
+POLICY_LOSSES: Registry[Callable] = Registry("policy loss")
+
+
+def register_policy_loss(name: str, fn: Callable | None = None):
+    """Add a policy loss ``fn(logp, batch, hp) -> terms`` as ``name`` (then ``grpo.loss=name``):
+    ``register_policy_loss("mine", fn)``, or as a decorator, ``@register_policy_loss("mine")``."""
+    if fn is None:
+        return POLICY_LOSSES.register(name)
+    return POLICY_LOSSES.add(name, fn)
+
+
+@register_policy_loss("grpo")
+def grpo_loss_terms(logp, batch, hp):
+    """GRPO's clipped-ratio loss (:func:`policy_loss_terms`) with the KL and entropy terms of ``hp``."""
+    return policy_loss_terms(logp, batch["old_logp"], batch["advantages"], batch["mask"],
+                             ref_logp=batch.get("ref_logp"), entropy=batch.get("entropy"),
+                             clip_eps=hp.get("clip_eps", 0.2), clip_eps_high=hp.get("clip_eps_high"),
+                             beta=hp.get("beta", 0.0), kl=hp.get("kl", "k3"), agg=hp.get("agg", "token-mean"),
+                             entropy_coef=hp.get("entropy_coef", 0.0))
 
 
 def bradley_terry_loss(score_preferred, score_rejected, weight=None):

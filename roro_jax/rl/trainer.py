@@ -17,7 +17,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from roro_jax import distributed
 from roro_jax.rl.checkpoint import Checkpointer
 from roro_jax.rl.reference import reference_params
-from roro_jax.rl.update import DATA, init_state, make_optimizer, make_update, policy_logp
+from roro_jax.rl.losses import POLICY_LOSSES
+from roro_jax.rl.update import (DATA, as_hparams, init_state, make_optimizer, make_router_update, policy_logp,
+                                router_hparams, set_hyperparams)
 from roro_jax.router.mlp import RouterMLP, escalate_prob, make_router
 
 
@@ -36,6 +38,25 @@ def make_mesh(devices: int = 0) -> Mesh:
     return Mesh(np.array(devs), (DATA,))
 
 
+# compiled router updates shared by learners of the same structure: hyperparameters are data (the loss's in
+# ``TrainState.hparams``, the learning rate in the optimiser state), so a method x lambda_c sweep compiles once
+_UPDATES: dict[tuple, Any] = {}
+_MAX_CACHED = 32
+
+
+def shared_router_update(graphdef, tx, grpo_cfg, *, mode: str, mesh, policy_loss):
+    """The router update for this structure, built once per process and reused by every learner with the
+    same graph, loss, ``epochs``/``minibatches``/``agg``/``kl``, mode and mesh (``tx`` must be
+    :func:`~roro_jax.rl.update.make_optimizer`'s, whose values live in its state)."""
+    loss_fn = POLICY_LOSSES.get(policy_loss) if isinstance(policy_loss, str) else policy_loss
+    key = (graphdef, loss_fn, grpo_cfg.epochs, grpo_cfg.minibatches, grpo_cfg.agg, grpo_cfg.kl, mode, mesh)
+    if key not in _UPDATES:
+        if len(_UPDATES) >= _MAX_CACHED:
+            _UPDATES.clear()
+        _UPDATES[key] = make_router_update(graphdef, tx, grpo_cfg, mode=mode, mesh=mesh, policy_loss=loss_fn)
+    return _UPDATES[key]
+
+
 class RouterLearner:
     """GRPO learner for a :class:`RouterMLP`.
 
@@ -43,9 +64,15 @@ class RouterLearner:
       cfg: the full ``Config`` (uses ``router``, ``grpo``, ``parallel``, ``seed``).
       in_features: router input width.
       escalate_bias: initial escalate logit bias.
+      policy_loss: the policy loss, a registered name (:data:`~roro_jax.rl.losses.POLICY_LOSSES`) or a
+        function ``fn(logp, batch, hp) -> terms``; default ``cfg.grpo.loss``.
+
+    The hyperparameters are data: the learning rate and clip norm in the optimiser state, the loss's numbers
+    (:func:`~roro_jax.rl.update.router_hparams`) in ``state.hparams``. Learners that differ only in them (a
+    method x lambda_c sweep) share one compiled update.
     """
 
-    def __init__(self, cfg, in_features: int, escalate_bias: float = 0.0):
+    def __init__(self, cfg, in_features: int, escalate_bias: float = 0.0, *, policy_loss=None):
         self.cfg = cfg
         # several processes (parallel.num_processes / RORO_NUM_PROCESSES > 1): join the distributed runtime
         # before the first JAX computation; a no-op for one process or when already initialized
@@ -56,12 +83,16 @@ class RouterLearner:
         model: RouterMLP = make_router(cfg.router, in_features, seed=cfg.seed, escalate_bias=escalate_bias)
         self.graphdef, params = nnx.split(model)
         self.tx = make_optimizer(cfg.grpo.lr, cfg.grpo.max_grad_norm)
-        self.state = init_state(params, self.tx, reference_params(cfg.grpo, params))  # grpo.reference when beta > 0
+        self.hparams = router_hparams(cfg.grpo)
+        self.policy_loss = policy_loss if policy_loss is not None else cfg.grpo.loss
+        # grpo.reference when beta > 0
+        self.state = init_state(params, self.tx, reference_params(cfg.grpo, params), self.hparams)
         mode = cfg.parallel.mode
         self.mesh = make_mesh(cfg.parallel.devices) if mode in ("shard_map", "jit_sharded", "pmap") else None
         if mode != "pmap" and self.mesh is not None:  # replicated on the mesh from the start (global over processes)
             self.state = distributed.to_global(self.state, NamedSharding(self.mesh, P()))
-        self._update = make_update(self.graphdef, self.tx, cfg.grpo, mode=mode, mesh=self.mesh)
+        self._update = shared_router_update(self.graphdef, self.tx, cfg.grpo, mode=mode, mesh=self.mesh,
+                                            policy_loss=self.policy_loss)
         self._logits = jax.jit(self.apply)
         self._logp = jax.jit(lambda p, x, a: policy_logp(self.graphdef, p, x, a)[0])
 
@@ -79,6 +110,11 @@ class RouterLearner:
 
     def update(self, batch: dict[str, Any], rng) -> dict[str, float]:
         """One GRPO update (epochs × minibatches); returns the metrics as a dict of device scalars."""
+        if self.cfg.grpo.beta and self.state.ref_params is None and "ref_logp" not in batch:
+            raise ValueError(f"grpo.beta={self.cfg.grpo.beta:g} needs a reference: a state with ref_params "
+                             "(roro_jax.rl.reference) or a batch with ref_logp")
+        if self.state.hparams is None:  # a state made without them (init_state(params, tx)): this learner's
+            self.state = self.state.replace(hparams=as_hparams(self.hparams))
         self.state, metrics = self._update(self.state, batch, rng)
         return metrics
 
@@ -100,8 +136,17 @@ class RouterLearner:
 
     def restore(self, ckpt: Checkpointer, step: int | None = None) -> dict:
         state, meta = ckpt.restore(self.state, step)
-        self.state = jax.tree.map(jnp.asarray, state)
+        self.state = self.with_config_values(jax.tree.map(jnp.asarray, state))
         return meta
+
+    def with_config_values(self, state):
+        """``state`` with this learner's hyperparameter values (``grpo.lr``, ``grpo.max_grad_norm`` and
+        :func:`~roro_jax.rl.update.router_hparams`): after a restore, the config in effect is what trains
+        (a resume with ``checkpoint.allow_config_change`` that changed ``grpo.lr`` uses the new value)."""
+        g = self.cfg.grpo
+        opt_state = set_hyperparams(state.opt_state, learning_rate=g.lr,
+                                    max_grad_norm=g.max_grad_norm if g.max_grad_norm else float("inf"))
+        return state.replace(opt_state=opt_state, hparams=as_hparams(self.hparams))
 
 
 # ----------------------------------------------------------------------------------- training loop ---

@@ -12,10 +12,11 @@ and the trajectory's score is ``s = Σ_k w_k p_k`` with the rubric's weights (no
 
 **Training.** Bradley–Terry on score differences: ``-log σ(β (s_pref − s_rej))`` with ``β = bt_scale``
 (scores are bounded, so β sets how sharp a margin of 1 is), averaged over pairs (optionally weighted).
-:func:`make_judge_update` builds the jitted update ``(state, batch) -> (state, metrics)`` with donated
-state: ``single`` device, or ``shard_map`` data parallel (the pair axis sharded over a ``data`` mesh
-axis; loss sums, their denominator and the gradients ``psum``-ed, so the step equals the single-device
-step up to float reassociation).
+:func:`make_judge_update` builds the jitted update ``(state, frozen, batch) -> (state, metrics)`` with
+donated state: the generic update of :mod:`roro_jax.rl.update` on :func:`judge_loss_terms`, so it runs in
+every parallel mode (``single``, ``shard_map``, ``pmap``, ``jit_sharded``: the pair axis sharded over a
+``data`` mesh axis; loss sums, their denominator and the gradients ``psum``-ed, so the step equals the
+single-device step up to float reassociation).
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from roro_jax.models.score import ScoreModel
 from roro_jax.rl.losses import bradley_terry_loss, safe_div
-from roro_jax.rl.update import TrainState, init_state
+from roro_jax.rl import update as rl_update
+from roro_jax.rl.update import MODES, TrainState, init_state
 from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, trainable_filter
 from roro_jax.rubric.serialize import SerializeConfig, serialize_query, serialize_trajectory
 from roro_jax.types import PreferencePair, Rubric, Trajectory
 
-DATA = "data"
 MARKER = " ?"
 SIDES = ("pref", "rej")
 
@@ -55,7 +56,8 @@ class JudgeConfig:
     max_grad_norm: float = 1.0
     batch_pairs: int = 16
     steps: int = 80  # optimiser steps per Judge phase
-    parallel: str = "single"  # single | shard_map
+    # single | shard_map | pmap | jit_sharded (batch_pairs: a multiple of the devices)
+    parallel: str = field(default="single", metadata={"choices": MODES})
     kind_weights: str = "none"  # none | balanced (pair weight ∝ 1 / count of its kind: kinds weigh equally)
     len_multiple: int = 32  # sequence lengths are padded up to a multiple of this
 
@@ -141,9 +143,10 @@ def weighted_score(probs, w) -> jax.Array:
 
 
 def bt_terms(score_pref, score_rej, pair_weight, scale: float) -> dict[str, jax.Array]:
-    """Additive pieces of the Bradley–Terry loss: ``loss = loss_sum / den`` (``den`` = Σ pair weights)."""
+    """Additive pieces of the Bradley–Terry loss: ``loss = loss_sum / loss_den`` (``loss_den`` = Σ pair
+    weights); ``correct_sum`` and ``margin_sum`` give the weighted accuracy and mean margin."""
     loss = bradley_terry_loss(scale * score_pref, scale * score_rej, pair_weight)
-    return {"loss_sum": jnp.sum(loss), "den": jnp.sum(pair_weight),
+    return {"loss_sum": jnp.sum(loss), "loss_den": jnp.sum(pair_weight),
             "correct_sum": jnp.sum((score_pref > score_rej) * pair_weight),
             "margin_sum": jnp.sum((score_pref - score_rej) * pair_weight)}
 
@@ -174,63 +177,45 @@ def split_judge(model: ScoreModel, cfg: JudgeConfig):
 
 
 def make_optimizer(cfg: JudgeConfig) -> optax.GradientTransformation:
-    chain = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm else []
+    """:func:`roro_jax.rl.update.make_optimizer` with the Judge's learning rate (a cosine decay over
+    ``decay_steps`` when set) and clip norm."""
     lr = optax.cosine_decay_schedule(cfg.lr, cfg.decay_steps, alpha=cfg.lr_final_frac) if cfg.decay_steps > 0 \
         else cfg.lr
-    return optax.chain(*chain, optax.adam(lr))
+    return rl_update.make_optimizer(lr, cfg.max_grad_norm)
+
+
+def judge_loss_terms(graphdef, scale: float):
+    """The Judge's ``loss_terms_fn(params, minibatch, rng)``: :func:`bt_terms` of a pair minibatch, the
+    frozen part of the model in ``minibatch["consts"]``."""
+
+    def terms(params, mb, rng):
+        model = nnx.merge(graphdef, params, mb["consts"])
+        sp, sr = pair_scores(model, mb)
+        return bt_terms(sp, sr, mb["pair_weight"], scale)
+
+    return terms
 
 
 def make_judge_update(graphdef, tx, scale: float, *, mode: str = "single", mesh: Mesh | None = None,
                       donate: bool = True) -> Callable:
-    """``update(state, frozen, batch) -> (state, metrics)``: one jitted BT step (see the module docstring).
+    """``update(state, frozen, batch) -> (state, metrics)``: one jitted BT step (see the module docstring),
+    :func:`roro_jax.rl.update.make_update` of :func:`judge_loss_terms`; ``metrics``: ``loss``, ``accuracy``,
+    ``margin`` (weighted over pairs), ``grad_norm``.
 
     ``batch``: ``{side}_ids/_mask/_pos/_w`` for side in (pref, rej), and ``pair_weight`` [B].
     """
+    def metrics(t):
+        return {"loss": safe_div(t["loss_sum"], t["loss_den"]), "accuracy": safe_div(t["correct_sum"], t["loss_den"]),
+                "margin": safe_div(t["margin_sum"], t["loss_den"])}
 
-    def body(axis):
-        def psum(x):
-            return x if axis is None else jax.lax.psum(x, axis)
+    inner = rl_update.make_update(judge_loss_terms(graphdef, scale), tx, mode=mode, mesh=mesh, donate=donate,
+                                  metrics_fn=metrics)
+    key = jax.random.PRNGKey(0)  # the BT loss draws no randomness
 
-        def step(state: TrainState, frozen, batch):
-            den = psum(jnp.sum(batch["pair_weight"]))
+    def update(state, frozen, batch):
+        return inner(state, batch, key, frozen)
 
-            def loss_fn(params):
-                model = nnx.merge(graphdef, params, frozen)
-                sp, sr = pair_scores(model, batch)
-                terms = bt_terms(sp, sr, batch["pair_weight"], scale)
-                return safe_div(terms["loss_sum"], den), terms
-
-            grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
-            grads, terms = psum(grads), psum(terms)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            metrics = {"loss": safe_div(terms["loss_sum"], terms["den"]),
-                       "accuracy": safe_div(terms["correct_sum"], terms["den"]),
-                       "margin": safe_div(terms["margin_sum"], terms["den"]),
-                       "grad_norm": optax.tree.norm(grads)}
-            return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
-
-        return step
-
-    donate_args = (0,) if donate else ()
-    if mode == "single":
-        return jax.jit(body(None), donate_argnums=donate_args)
-    if mode == "shard_map":
-        mesh = mesh if mesh is not None else Mesh(np.array(jax.devices()), (DATA,))
-        inner = jax.shard_map(body(DATA), mesh=mesh, in_specs=(P(), P(), P(DATA)), out_specs=(P(), P()),
-                              check_vma=False)
-        fn = jax.jit(inner, donate_argnums=donate_args)
-        n = mesh.shape[DATA]
-        sharding, repl = NamedSharding(mesh, P(DATA)), NamedSharding(mesh, P())
-
-        def update(state, frozen, batch):
-            b = batch["pair_weight"].shape[0]
-            if b % n:
-                raise ValueError(f"{b} pairs do not split over {n} devices")
-            return fn(jax.device_put(state, repl), jax.device_put(frozen, repl), jax.device_put(batch, sharding))
-
-        return update
-    raise ValueError(f"Judge parallel mode must be single | shard_map, got {mode!r}")
+    return update
 
 
 def copy_tree(tree):

@@ -18,8 +18,14 @@ The completion is the rubric text in the grammar of :mod:`roro_jax.rubric.format
 pairs when reading that rubric; malformed rubrics get ``malformed_reward``, the lowest possible, and
 rubrics over ``target_chars`` lose ``length_penalty`` per extra character); advantages by
 :func:`~roro_jax.rl.advantages.group_advantages`; loss
-:func:`~roro_jax.rl.losses.policy_loss` on the completion tokens' log-probs (``old_logp`` = the sampling
-policy's log-probs at the sampling temperature, recomputed in one pass before the update).
+the registered ``grpo`` policy loss (:func:`~roro_jax.rl.losses.policy_loss_terms`) on the completion tokens'
+log-probs (``old_logp`` = the sampling policy's log-probs at the sampling temperature, recomputed in one pass
+before the update).
+
+Both steps are the generic update of :mod:`roro_jax.rl.update` (:func:`sft_loss_terms`,
+:func:`rubricor_loss_terms`), so they run in every parallel mode (``parallel``: ``single``, ``shard_map``,
+``pmap``, ``jit_sharded``; a batch's rows then split over the devices). The clip range rides in the train
+state (``hparams``), the learning rates in the optimiser states.
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from roro_jax.models.sampler import Sampler, SamplingParams
 from roro_jax.models.score import token_logprobs
 from roro_jax.rl.advantages import group_advantages
-from roro_jax.rl.losses import policy_loss, safe_div
-from roro_jax.rl.update import TrainState, init_state
+from roro_jax.rl.losses import POLICY_LOSSES, finalize_terms, safe_div
+from roro_jax.rl.update import MODES, TrainState, init_state, make_optimizer, make_update
 from roro_jax.rubric.format import ParseResult, RubricLimits, parse_rubric
 from roro_jax.rubric.judge import copy_tree
 from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, trainable_filter
@@ -78,6 +84,8 @@ class RubricorConfig:
     malformed_reward: float = -1.5
     target_chars: int = 160
     length_penalty: float = 0.0
+    # single | shard_map | pmap | jit_sharded (batches: a multiple of the devices)
+    parallel: str = field(default="single", metadata={"choices": MODES})
 
 
 # ------------------------------------------------------------------------------------------ rewards
@@ -127,21 +135,49 @@ def sft_loss(model, tokens, attn_mask, loss_mask):
     return -safe_div(jnp.sum(lp * m), jnp.sum(m))
 
 
+def sft_loss_terms(graphdef):
+    """SFT as a ``loss_terms_fn(params, minibatch, rng)``: the NLL summed over the ``loss_mask`` tokens over
+    their count (the frozen part of the model in ``minibatch["consts"]``)."""
+
+    def terms(params, mb, rng):
+        lp = token_logprobs(nnx.merge(graphdef, params, mb["consts"]), mb["tokens"], mb["attn"])
+        m = mb["loss_mask"].astype(jnp.float32)
+        return {"loss_sum": -jnp.sum(lp * m), "loss_den": jnp.sum(m)}
+
+    return terms
+
+
+def rubricor_loss_terms(graphdef, temperature: float, policy_loss: str = "grpo"):
+    """The Rubricor's GRPO step as a ``loss_terms_fn``: the registered policy loss on the completion tokens'
+    log-probs at the sampling temperature, aggregated per sequence (``seq-mean-token-mean``)."""
+    loss = POLICY_LOSSES.get(policy_loss)
+
+    def terms(params, mb, rng):
+        lp = token_logprobs(nnx.merge(graphdef, params, mb["consts"]), mb["tokens"], mb["attn"],
+                            temperature=temperature)
+        return loss(lp, mb, {**mb["hparams"], "agg": "seq-mean-token-mean", "kl": "k3"})
+
+    return terms
+
+
 class Rubricor:
     """Rubric generator: prompts, SFT and GRPO updates, sampling, snapshot/restore."""
 
-    def __init__(self, cfg: RubricorConfig, serialize: SerializeConfig, limits: RubricLimits, *, seed: int = 0):
+    def __init__(self, cfg: RubricorConfig, serialize: SerializeConfig, limits: RubricLimits, *, seed: int = 0,
+                 mesh: Mesh | None = None):
         self.cfg, self.ser, self.limits, self.seed = cfg, serialize, limits, seed
         model, self.tokenizer = build_lm(cfg.model, seed=seed)
         self.graphdef, params, self.frozen = nnx.split(model, trainable_filter(cfg.model), ...)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.eos_id = int(self.tokenizer.eos_token_id)
-        self.sft_tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.sft_lr))
-        self.tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
-        self.state = init_state(params, self.tx)
-        self._sft_state = None
-        self._sft_step = jax.jit(self._sft_impl, donate_argnums=(0,))
-        self._grpo_step = jax.jit(self._grpo_impl, donate_argnums=(0,))
+        self.sft_tx = make_optimizer(cfg.sft_lr, cfg.max_grad_norm)
+        self.tx = make_optimizer(cfg.lr, cfg.max_grad_norm)
+        self.hparams = {"clip_eps": cfg.clip_eps, "clip_eps_high": cfg.clip_eps, "beta": 0.0, "entropy_coef": 0.0}
+        self.state = init_state(params, self.tx, hparams=self.hparams)
+        self._sft_step = make_update(sft_loss_terms(self.graphdef), self.sft_tx, mode=cfg.parallel, mesh=mesh)
+        self._grpo_step = make_update(rubricor_loss_terms(self.graphdef, cfg.temperature), self.tx,
+                                      epochs=cfg.grpo_epochs, mode=cfg.parallel, mesh=mesh,
+                                      metrics_fn=lambda t: finalize_terms(t)[1])
         self._logp = jax.jit(self._logp_impl)
         self.sampler = Sampler(model, self.tokenizer, eos_token_ids=(self.eos_id,), pad_id=self.pad_id)
 
@@ -175,14 +211,6 @@ class Rubricor:
         return tokens, attn, loss
 
     # -- SFT
-    def _sft_impl(self, state: TrainState, frozen, tokens, attn, loss_mask):
-        def f(params):
-            return sft_loss(nnx.merge(self.graphdef, params, frozen), tokens, attn, loss_mask)
-
-        loss, grads = jax.value_and_grad(f)(state.params)
-        updates, opt_state = self.sft_tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), loss
-
     def sft(self, prompts: Sequence[list[int]], targets: Sequence[str], *, steps: int, rng: np.random.Generator,
             log: Callable[[int, float], None] | None = None) -> list[float]:
         """``steps`` SFT updates on (prompt ids, target rubric text) examples; the GRPO optimiser restarts after."""
@@ -195,11 +223,12 @@ class Rubricor:
                 order = np.concatenate([order, rng.permutation(len(prompts))])
             idx, order = order[:bs], order[bs:]
             tokens, attn, lm = self._pack([prompts[j] for j in idx], [comp[j] for j in idx])
-            st, loss = self._sft_step(st, self.frozen, tokens, attn, lm)
-            losses.append(float(loss))
+            st, m = self._sft_step(st, {"tokens": tokens, "attn": attn, "loss_mask": lm}, jax.random.PRNGKey(i),
+                                   self.frozen)
+            losses.append(float(m["loss"]))
             if log is not None:
                 log(i, losses[-1])
-        self.state = init_state(st.params, self.tx)
+        self.state = init_state(st.params, self.tx, hparams=self.hparams)
         return losses
 
     # -- sampling
@@ -221,25 +250,15 @@ class Rubricor:
         return token_logprobs(nnx.merge(self.graphdef, params, frozen), tokens, attn,
                               temperature=self.cfg.temperature)
 
-    def _grpo_impl(self, state: TrainState, frozen, tokens, attn, mask, old_logp, adv):
-        def f(params):
-            lp = token_logprobs(nnx.merge(self.graphdef, params, frozen), tokens, attn,
-                                temperature=self.cfg.temperature)
-            return policy_loss(lp, old_logp, adv, mask, clip_eps=self.cfg.clip_eps, agg="seq-mean-token-mean")
-
-        (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
-
     def grpo_update(self, prompts: Sequence[list[int]], completions: Sequence[list[int]], rewards: Sequence[float]
                     ) -> dict[str, float]:
         """One GRPO update on G-major groups of samples (``len(prompts)`` = queries × G)."""
         adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), self.cfg.group_size))
         tokens, attn, mask = self._pack(prompts, completions)
         old = self._logp(self.state.params, self.frozen, tokens, attn)
-        metrics = {}
-        for _ in range(self.cfg.grpo_epochs):
-            self.state, metrics = self._grpo_step(self.state, self.frozen, tokens, attn, mask, old, adv)
+        batch = {"tokens": tokens, "attn": attn, "mask": mask, "old_logp": old, "advantages": adv}
+        # grpo_epochs optimiser steps on the whole batch, in one jitted call; metrics: their mean
+        self.state, metrics = self._grpo_step(self.state, batch, jax.random.PRNGKey(0), self.frozen)
         out = {k: float(v) for k, v in metrics.items()}
         out["adv_abs"] = float(np.mean(np.abs(adv)))
         return out

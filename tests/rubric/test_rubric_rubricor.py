@@ -111,3 +111,32 @@ def test_grpo_moves_toward_reward(sft_rubricor):
     assert gap() == g0
     r.grpo_update([p, p], [a, b], [1.0, 0.0])
     assert gap() > g0
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap", "jit_sharded"])
+def test_sft_and_grpo_on_eight_devices_match_one(mode):
+    """The Rubricor's SFT and GRPO steps are the generic update: ``parallel=<mode>`` on 8 simulated devices
+    reaches the parameters of one device (8 sequences: one per device), up to float reassociation (Adam's
+    normalisation makes a near-zero gradient's reassociation error visible, hence 1e-4 after 4 steps)."""
+    import jax
+
+    assert jax.device_count() == 8, "tests run with 8 simulated CPU devices (see tests/conftest.py)"
+
+    def run(parallel):
+        cfg = RubricorConfig(model=SMALL_LM, sft_lr=2e-2, sft_batch=8, max_new_tokens=8, group_size=2, lr=3e-3,
+                             grpo_epochs=2, parallel=parallel)
+        r = Rubricor(cfg, SerializeConfig(), RubricLimits(), seed=0)
+        prompts = [r.prompt_ids(f"{q}+{q}?", "n3 939") for q in range(8)]
+        losses = r.sft(prompts, [TARGET] * 8, steps=2, rng=np.random.default_rng(0))
+        comp = [r.tokenizer.encode(t, add_special_tokens=False) + [r.eos_id]
+                for t in ("1. [w=1] Esc step 3.\n", "1. [w=1] Keep all.\n") * 4]
+        m = r.grpo_update(prompts, comp, [0.0, 1.0, 1.0, 0.0, 0.5, 0.2, 0.0, 1.0])
+        return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(r.state.params))], losses, m
+
+    p1, l1, m1 = run("single")
+    p8, l8, m8 = run(mode)
+    np.testing.assert_allclose(l1, l8, atol=1e-5)
+    np.testing.assert_allclose(m1["loss"], m8["loss"], atol=1e-5)
+    assert m1["adv_abs"] > 0
+    for a, b in zip(p1, p8):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
