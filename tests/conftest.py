@@ -34,3 +34,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session")
 def shared_data():
     return shared_data_dir()
+
+
+@pytest.fixture
+def one_error(capsys):
+    """Read the captured stderr: exactly one ``roro: error:`` line, no traceback; returns that line."""
+    def read() -> str:
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("roro:")]
+        assert len(lines) == 1 and lines[0].startswith("roro: error: "), err
+        assert "Traceback" not in err
+        return lines[0]
+    return read

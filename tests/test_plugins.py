@@ -65,14 +65,6 @@ BREVITY = """
 """
 
 
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("roro:")]
-    assert len(lines) == 1 and lines[0].startswith("roro: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def first_row(out_dir) -> dict:
     return json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[0])
 
@@ -140,17 +132,17 @@ def test_entry_point_plugins_load(plugin, monkeypatch, capsys):
     ("toy.variant=huge", "config key 'toy.variant' (command line): unknown toy world 'huge'"),
     ("reward.weights.outcome=lots", "config key 'reward.weights.outcome'"),
 ])
-def test_unknown_names_are_one_line_naming_the_key(override, says, tmp_path, capsys):
+def test_unknown_names_are_one_line_naming_the_key(override, says, tmp_path, capsys, one_error):
     assert main(["router", *SYN, override, f"out_dir={tmp_path}"]) == 2
-    assert says in one_error(capsys)
+    assert says in one_error()
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_unknown_term_in_a_config_file_names_the_file(tmp_path, capsys):
+def test_unknown_term_in_a_config_file_names_the_file(tmp_path, capsys, one_error):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("reward:\n  weights: {brevity_nope: 0.1}\n")
     assert main(["config", "-c", str(cfg)]) == 2
-    assert f"config key 'reward.weights.brevity_nope' ({cfg}): unknown reward term" in one_error(capsys)
+    assert f"config key 'reward.weights.brevity_nope' ({cfg}): unknown reward term" in one_error()
 
 
 @pytest.mark.parametrize("code,says", [
@@ -159,21 +151,21 @@ def test_unknown_term_in_a_config_file_names_the_file(tmp_path, capsys):
     ("raise RuntimeError('boom')", "plugin 'roro_test_broken_plugin' failed to import: RuntimeError: boom"),
     ("def f(:\n", "plugin 'roro_test_broken_plugin' failed to import: SyntaxError"),
 ])
-def test_failing_plugin_is_one_line_naming_the_module(code, says, plugin, tmp_path, capsys):
+def test_failing_plugin_is_one_line_naming_the_module(code, says, plugin, tmp_path, capsys, one_error):
     name = "roro_test_missing_plugin" if code is None else plugin("roro_test_broken_plugin", code)
     assert main(["router", *SYN, "--plugin", name, f"out_dir={tmp_path}"]) == 2
-    assert says in one_error(capsys)
+    assert says in one_error()
     assert main(["config", f"plugins=[{name}]"]) == 2
-    line = one_error(capsys)
+    line = one_error()
     assert line.startswith("roro: error: config key 'plugins' (command line): ") and says in line
 
 
-def test_failing_entry_point_is_one_line(monkeypatch, capsys):
+def test_failing_entry_point_is_one_line(monkeypatch, capsys, one_error):
     eps = [EntryPoint(name="gone", value="roro_test_no_such_ep:register", group="roro_jax.plugins")]
     monkeypatch.setattr("importlib.metadata.entry_points",
                         lambda group=None: eps if group == "roro_jax.plugins" else [])
     assert main(["config"]) == 2
-    line = one_error(capsys)
+    line = one_error()
     assert "plugin entry point 'gone' (roro_test_no_such_ep:register" in line and "ModuleNotFoundError" in line
 
 
@@ -187,10 +179,10 @@ LATENCY = """
 """
 
 
-def test_term_needing_a_field_the_world_lacks_fails_before_training(plugin, tmp_path, capsys):
+def test_term_needing_a_field_the_world_lacks_fails_before_training(plugin, tmp_path, capsys, one_error):
     mod = plugin("roro_test_latency", LATENCY)
     assert main(["router", *SYN, "--plugin", mod, "reward.weights.latency_plugin=0.1", f"out_dir={tmp_path}"]) == 2
-    line = one_error(capsys)
+    line = one_error()
     assert ("config key 'reward.weights.latency_plugin'=0.1: reward term 'latency_plugin' needs the reward field "
             "'seconds', which the synthetic world's reward batch lacks") in line
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -78,14 +78,6 @@ def plugin_world(tmp_path, monkeypatch):
     sys.modules.pop("roro_test_world_plugin", None)
 
 
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("roro:")]
-    assert len(lines) == 1 and lines[0].startswith("roro: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 # ------------------------------------------------------------------------------------ the interface ---
 @pytest.mark.parametrize("name", BUILTIN)
 def test_every_registered_world_exposes_the_interface(name):
@@ -161,20 +153,20 @@ def test_register_reward_fields_keeps_the_world():
 
 
 # ----------------------------------------------------------------------------------------- the CLI ---
-def test_unknown_world_is_one_error_line(capsys):
+def test_unknown_world_is_one_error_line(capsys, one_error):
     assert main(["router", *SYN, "world=nope"]) == 2
-    line = one_error(capsys)
+    line = one_error()
     assert "config key 'world'" in line and "unknown world 'nope'" in line and "'synthetic'" in line
 
 
 @pytest.mark.parametrize("command,what", [("collect", ["roro collect", "['live', 'toy']"]),
                                           ("eval", ["roro eval", "['live', 'replay', 'toy']"])])
-def test_a_world_without_the_command_is_one_error_line(command, what, capsys):
+def test_a_world_without_the_command_is_one_error_line(command, what, capsys, one_error):
     assert main([command, *SYN]) == 2
-    assert one_error(capsys) == f"roro: error: {what[0]}: world='synthetic' is not available (available: {what[1]})"
+    assert one_error() == f"roro: error: {what[0]}: world='synthetic' is not available (available: {what[1]})"
 
 
-def test_a_plugin_world_runs_roro_router_end_to_end(plugin_world, tmp_path, capsys):
+def test_a_plugin_world_runs_roro_router_end_to_end(plugin_world, tmp_path, capsys, one_error):
     out = tmp_path / "run"
     assert main(["router", "--plugin", plugin_world, *SYN, "world=plug_world", f"out_dir={out}"]) == 0
     assert sys.modules[plugin_world].CALLS == ["plug_world"]  # the plugin's trainer ran, not the built-in one
@@ -188,17 +180,17 @@ def test_a_plugin_world_runs_roro_router_end_to_end(plugin_world, tmp_path, caps
     # the commands it has no entry point for say so, naming the world
     capsys.readouterr()
     assert main(["collect", "--plugin", plugin_world, *SYN, "world=plug_world", f"out_dir={out}"]) == 2
-    assert one_error(capsys) == ("roro: error: roro collect: world='plug_world' is not available (available: "
+    assert one_error() == ("roro: error: roro collect: world='plug_world' is not available (available: "
                                  "['live', 'toy'])")
     assert main(["demo", "--plugin", plugin_world, *SYN, "world=plug_world", f"out_dir={out}"]) == 2
-    assert one_error(capsys) == ("roro: error: roro demo: world='plug_world' is not available (available: "
+    assert one_error() == ("roro: error: roro demo: world='plug_world' is not available (available: "
                                  "['synthetic', 'toy'])")
 
 
-def test_the_preflight_reads_the_plugin_worlds_facts(plugin_world, tmp_path, capsys):
+def test_the_preflight_reads_the_plugin_worlds_facts(plugin_world, tmp_path, capsys, one_error):
     """The batch-split and reward-field checks use the plugin world's facts (here: the synthetic world's)."""
     base = ["router", "--plugin", plugin_world, *SYN, "world=plug_world", f"out_dir={tmp_path}"]
     assert main([*base, "synthetic.queries=3", "grpo.group_size=3", "grpo.minibatches=2"]) == 2
-    assert "'synthetic.queries'=3 x 'grpo.group_size'=3 = 9 trajectories" in one_error(capsys)
+    assert "'synthetic.queries'=3 x 'grpo.group_size'=3 = 9 trajectories" in one_error()
     assert main([*base, "reward.weights.process=0.5"]) == 2
-    assert "the synthetic world has no Judge" in one_error(capsys)
+    assert "the synthetic world has no Judge" in one_error()
