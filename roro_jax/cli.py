@@ -120,10 +120,12 @@ def cmd_router(args) -> int:
     train = _entry(cfg, "train_router")
     _preflight(cfg, "router", fresh=args.fresh)
     learner, hist = train(cfg, resume=not args.fresh)
+    from roro_jax.preflight import router_run_dir
+
     if hist:
         last = hist[-1]
         print(f"update {last['update']}: reward {last['reward']:.3f} accuracy {last['accuracy']:.3f} "
-              f"large-share {last['large_share']:.3f}  (log: {Path(cfg.out_dir) / 'metrics.jsonl'})")
+              f"large-share {last['large_share']:.3f}  (log: {router_run_dir(cfg, 'router') / 'metrics.jsonl'})")
     return 0
 
 
@@ -331,11 +333,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(f"roro: warning: {kind}{' '.join(str(message).splitlines())}", file=file or sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as one ``roro: warning: Category: message`` line (the message names the file or key)."""
-    print(f"roro: warning: {category.__name__}: " + " ".join(str(message).splitlines()), file=file or sys.stderr)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_router_command_trains_and_logs(tmp_path, capsys):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["update"] for x in lines] == [1, 2]
     assert (tmp_path / "checkpoints").exists()
+    assert f"(log: {tmp_path / 'metrics.jsonl'})" in capsys.readouterr().out
 
 
 def test_bench_router_step_json():
@@ -101,7 +102,8 @@ def test_router_command_on_the_toy_world_with_process_reward(tmp_path, capsys):
     log = [json.loads(x) for x in (tmp_path / "router" / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in log] == [1, 2] and all("reward/process" in r for r in log)
     assert (tmp_path / "rubric" / "gate.jsonl").exists()
-    assert "update 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "update 2" in out and f"(log: {tmp_path / 'router' / 'metrics.jsonl'})" in out
 
 
 def test_demo_without_c_runs_what_make_demo_runs(monkeypatch, tmp_path):
