@@ -113,8 +113,11 @@ def test_two_processes_train_like_one(tmp_path):
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(ref_params, leaves(runs[0], "p")))
     loss_diff = float(np.max(np.abs(ref["losses"] - runs[0]["losses"])))
     print(f"max |params(2 processes) - params(1 process)| = {diff:.3g}; max loss diff {loss_diff:.3g}")
+    # (the generic update sums loss_sum and loss_den across processes before dividing; a different reduction
+    # order changes the last bits of a gradient, which Adam's first steps, ~lr * sign(g), carry into the
+    # parameters: 1.2e-6 measured after 3 updates; a wrong reduction moves them by ~1e-3)
     for a, b in zip(ref_params, leaves(runs[0], "p")):
-        np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(b, a, atol=5e-6, rtol=0)
     np.testing.assert_allclose(runs[0]["losses"], ref["losses"], atol=1e-6, rtol=0)
 
 
@@ -258,7 +261,7 @@ def test_shared_checkpoints_survive_a_kill_and_restore_on_other_device_counts(tm
     print(f"max |params(2 processes, killed, resumed) - params(1 process x 8, uninterrupted)| = {diff:.3g}; "
           f"max loss diff {loss_diff:.3g}; restored on 8 and on 4 devices: identical")
     for a, b in zip(ref_params, restored[8]):
-        np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(b, a, atol=5e-6, rtol=0)  # reduction order only (see the test above)
 
     # ... and `roro router`'s loop continues from it in this one process on 4 devices (parallel.devices is a
     # training key: a changed config, allowed explicitly), like the reference continued on 8
@@ -274,7 +277,7 @@ def test_shared_checkpoints_survive_a_kill_and_restore_on_other_device_counts(tm
     diff4 = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
                 zip(jax.tree.leaves(jax.device_get(ref_learner.params)), jax.tree.leaves(jax.device_get(learner4.params))))
     print(f"continued on 1 process x 4 devices to update {CKPT_UPDATES + 2}: max |params - reference| = {diff4:.3g}")
-    assert diff4 <= 1e-6
+    assert diff4 <= 5e-6
 
 
 def test_saved_param_shapes_are_read_without_starting_jax(tmp_path):
