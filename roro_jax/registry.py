@@ -16,6 +16,8 @@ time, so a name registered by user code (a plugin, :mod:`roro_jax.plugins`) is a
 
 from __future__ import annotations
 
+import weakref
+
 from collections.abc import Mapping
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -37,9 +39,12 @@ class UnknownNameError(InputError, KeyError):
 class Registry(Mapping, Generic[T]):
     """Named objects of one kind (``kind`` names it in errors, e.g. ``"reward term"``)."""
 
+    _instances: list = []  # weak references to every registry (for :func:`snapshot` / :func:`restore`)
+
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        Registry._instances.append(weakref.ref(self))
 
     def add(self, name: str, obj: T) -> T:
         """Register ``obj`` under ``name`` (replacing any previous one); returns ``obj``."""
@@ -80,3 +85,15 @@ class Registry(Mapping, Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def snapshot() -> list[tuple[Registry, dict]]:
+    """Every registry's current contents (a test suite restores them after code that registers names)."""
+    return [(r, dict(r._items)) for ref in Registry._instances if (r := ref()) is not None]
+
+
+def restore(snap: list[tuple[Registry, dict]]) -> None:
+    """Put back what :func:`snapshot` saw (registries created since keep their contents)."""
+    for reg, items in snap:
+        reg._items.clear()
+        reg._items.update(items)

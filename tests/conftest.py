@@ -46,3 +46,25 @@ def one_error(capsys):
         assert "Traceback" not in err
         return lines[0]
     return read
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registries_restored_after_each_module():
+    """Names a test module registers (plugins, examples) do not leak into the next module: every registry
+    is put back as it was, and plugin modules imported from files are forgotten (so a later load of the same
+    file registers its names again)."""
+    import sys
+
+    from roro_jax.registry import restore, snapshot
+
+    saved, modules = snapshot(), set(sys.modules)
+    yield
+    restore(saved)
+    import tempfile
+
+    from roro_jax.paths import REPO_ROOT
+
+    user_dirs = (str(REPO_ROOT / "examples"), tempfile.gettempdir())
+    for name in set(sys.modules) - modules:
+        if str(getattr(sys.modules.get(name), "__file__", None) or "").startswith(user_dirs):
+            sys.modules.pop(name, None)
