@@ -118,7 +118,19 @@ def seed_config(base, opts: StudyOptions, seed: int, out: Path):
 def route_all(cfg, engines, problems, policies, *, group_size: int, seed: int):
     """Route ``problems`` × ``group_size`` with every policy concurrently (one event loop: the engines batch
     the steps of all policies); ``[trajectories per policy]``. A row's sampling seed depends only on (seed,
-    query, sample, step), so every policy sees the same small-model proposals on the same prefixes."""
+    query, sample, step), so every policy sees the same small-model proposals on the same prefixes.
+
+    With ``toy.routing: fused`` (the study's config) every policy with a device version routes through the
+    fused program (:mod:`roro_jax.engines.fused_routing`: the same trajectories, one jitted program per
+    batch of rows); the others, and non-Flax engines, through the host loop."""
+    fused = T.fused_router(cfg, engines)
+    if fused is not None:
+        ids = [p.policy_id for p in policies]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"route_all: duplicate policy ids {ids}")
+        res = fused.route_many(problems, policies, group_size=group_size, seed=seed, prompt_fn=T.prompt_fn(cfg),
+                               annotate=T.annotate_fn(cfg))
+        return [res[i] for i in ids]
 
     async def main():
         return await asyncio.gather(*(rollout(problems, engines.small, engines.large, pol, cfg.rollout,

@@ -347,6 +347,27 @@ def test_toy_routing_fused_config_routes_through_the_fused_sampler(engines, prob
     assert len(list(store.iter())) == 10
 
 
+def test_study_routes_through_the_fused_sampler_with_the_host_loops_trajectories(engines, problems):
+    """pipelines.study.route_all (every arm's routers in lock step, groups of samples) with
+    ``toy.routing=fused``: the host loop's trajectories, in the order of the policies given."""
+    from pipelines import study as S
+    from pipelines import toy as T
+    from roro_jax.config import load_config
+
+    small, large = engines
+    over = ["world=toy", "rollout.max_steps=8", "rollout.max_step_tokens=16", "rollout.temperature=0",
+            "rollout.logprobs=5", "toy.fused_batch=32"]
+    eng = T.ToyEngines(small, large)
+    pols = ANSWER_POLICIES[::-1]
+    fused = S.route_all(load_config(None, [*over, "toy.routing=fused"]), eng, problems[:3], pols, group_size=2,
+                        seed=4)
+    host = S.route_all(load_config(None, over), eng, problems[:3], pols, group_size=2, seed=4)
+    assert [t[0].policy_id for t in fused] == [p.policy_id for p in pols]
+    for h, f in zip(host, fused):
+        assert len(h) == 6
+        assert_same(h, f)
+
+
 def test_toy_routing_rejects_unknown_values():
     from roro_jax.config import ConfigError, load_config
 
