@@ -56,7 +56,7 @@ def jax_side(args, batch):
 
     cfg = JudgeConfig(model=LMSpec(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                                    intermediate_size=args.intermediate), lr=1e-3)
-    model, tok = build_judge(cfg, max_criteria=4, seed=0)
+    model, tok = build_judge(cfg, seed=0)
     head = np.random.default_rng(1).normal(0, 0.5, (args.hidden, 1)).astype(np.float32)
     model.head_kernel[...] = head
     graphdef, params, frozen = split_judge(model, cfg)

@@ -164,7 +164,7 @@ def pair_scores(model: ScoreModel, batch) -> tuple[jax.Array, jax.Array]:
 
 # ------------------------------------------------------------------------------------------ model/state
 
-def build_judge(cfg: JudgeConfig, *, max_criteria: int, seed: int = 0):
+def build_judge(cfg: JudgeConfig, *, seed: int = 0):
     """``(ScoreModel, tokenizer)``: the backbone per ``cfg.model`` and a zero-initialised 1-output head."""
     backbone, tok = build_lm(cfg.model, seed=seed)
     model = ScoreModel(backbone, 1, rngs=nnx.Rngs(seed))
@@ -236,7 +236,7 @@ class Judge:
     def __init__(self, cfg: JudgeConfig, serialize: SerializeConfig, *, max_criteria: int = 6, seed: int = 0,
                  mesh: Mesh | None = None):
         self.cfg, self.max_criteria, self.seed = cfg, max_criteria, seed
-        model, self.tokenizer = build_judge(cfg, max_criteria=max_criteria, seed=seed)
+        model, self.tokenizer = build_judge(cfg, seed=seed)
         self.encoder = JudgeEncoder(self.tokenizer, serialize, use_rubric=cfg.use_rubric, max_criteria=max_criteria)
         self.graphdef, params, self.frozen = split_judge(model, cfg)
         self.tx = make_optimizer(cfg)
