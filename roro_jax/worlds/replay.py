@@ -580,12 +580,6 @@ class ReplayWorld:
     def all_escalate(self, shape: tuple[int, ...] = ()) -> np.ndarray:
         return np.ones(tuple(shape) + (len(self), self.max_steps), np.int8)
 
-    def random_actions(self, rng: np.random.Generator, rate, shape: tuple[int, ...] = ()) -> np.ndarray:
-        """Escalate each step independently with probability ``rate`` (a scalar, or an array that
-        broadcasts against ``shape + (E, T)``, e.g. ``rates[:, None, None]`` with ``shape=(K,)``)."""
-        u = rng.random(tuple(shape) + (len(self), self.max_steps))
-        return (u < np.asarray(rate)).astype(np.int8)
-
     def threshold_actions(self, thresholds) -> np.ndarray:
         """TRIM-Thr: escalate where the small proposal's PRM score is below the threshold.
 
