@@ -137,7 +137,7 @@ def route(cfg, engines: ToyEngines, problems, policy: Policy, *, group_size: int
         return _fused_route(router, cfg, problems, [policy], group_size=group_size, seed=seed,
                             store=store)[policy.policy_id]
     return rollout_sync(problems, engines.small, engines.large, policy, cfg.rollout, group_size=group_size,
-                        seed=seed, store=store, feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg),
+                        seed=seed, store=store, prompt_fn=prompt_fn(cfg),
                         annotate=annotate_fn(cfg))
 
 
@@ -160,7 +160,7 @@ def route_many(cfg, engines: ToyEngines, problems, policies: Sequence[Policy], *
 
         async def one(pol):
             trajs = await rollout(problems, engines.small, engines.large, pol, cfg.rollout, seed=seed, store=store,
-                                  feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg),
+                                  prompt_fn=prompt_fn(cfg),
                                   annotate=annotate_fn(cfg))
             bar.update(1)
             return trajs

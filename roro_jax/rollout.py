@@ -175,11 +175,7 @@ class _Row:
 class _Decider:
     """Featurises and decides every proposal that arrived in the same event-loop tick, in one batch."""
 
-    def __init__(self, policy: Policy, cfg: RolloutConfig, feature_family: str):
-        if feature_family != "logprob":
-            raise ValueError(f"rollout: feature family {feature_family!r} is not available in the live "
-                             f"rollout (it computes the 'logprob' family from the engine's top-k log-probs; "
-                             f"'prm' needs a PRM scorer, see the replay world)")
+    def __init__(self, policy: Policy, cfg: RolloutConfig):
         self.policy, self.cfg = policy, cfg
         self.k = cfg.logprobs
         self.L = _bucket(cfg.max_step_tokens, 16)
@@ -377,7 +373,7 @@ def _store_has(store, key: tuple[str, int, str]) -> bool:
 
 async def rollout(problems: Sequence[Problem], small: StepEngine, large: StepEngine, policy: Policy,
                   cfg: RolloutConfig = RolloutConfig(), *, group_size: int = 1, seed: int = 0, store=None,
-                  feature_family: str = "logprob", grader: Callable[[str, str], bool] = grade,
+                  grader: Callable[[str, str], bool] = grade,
                   prompt_fn: Callable[[Problem], str] = default_prompt,
                   annotate: Callable[[Problem, Sequence[Step]], dict] | None = None,
                   stats: dict | None = None) -> list[Trajectory]:
@@ -408,7 +404,7 @@ async def rollout(problems: Sequence[Problem], small: StepEngine, large: StepEng
         raise ValueError(f"rollout: problem id {dup!r} appears more than once")
     if not getattr(policy, "policy_id", None):
         raise ValueError("rollout: the policy has no policy_id")
-    decider = _Decider(policy, cfg, feature_family)
+    decider = _Decider(policy, cfg)
     todo = [(p, g) for p in problems for g in range(group_size)
             if store is None or not _store_has(store, (str(p.id), g, policy.policy_id))]
     sem = asyncio.Semaphore(cfg.max_live)
@@ -449,7 +445,7 @@ def rollout_sync(*args, **kwargs) -> list[Trajectory]:
 def warm_features(cfg: RolloutConfig) -> None:
     """Compile the decision batcher's feature function (one shape: blocks of ``_Decider.ROW_BLOCK`` rows,
     whatever the batch size), so no compile lands inside a timed run."""
-    dec = _Decider(_NoPolicy(), cfg, "logprob")
+    dec = _Decider(_NoPolicy(), cfg)
     row = _Row(StepResult([0], "", "stop", np.zeros(1, np.float32), np.zeros((1, cfg.logprobs), np.float32)),
                0, 0, 0, np.zeros(0), "q", 0, 0)
     dec.featurize([row])
