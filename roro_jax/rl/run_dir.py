@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from roro_jax.config import ConfigError
+from roro_jax.jsonio import atomic_write_text
 
 RUN_CONFIG = "config.yaml"
 
@@ -101,9 +102,4 @@ def check_resume_config(cfg, out_dir: str | os.PathLike) -> list[tuple[str, Any,
 
 def save_run_config(cfg, out_dir: str | os.PathLike) -> Path:
     """Write the resolved ``cfg`` to ``<out_dir>/config.yaml`` atomically."""
-    path = Path(out_dir) / RUN_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(out_dir) / RUN_CONFIG, OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))
