@@ -56,6 +56,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from roro_jax.buckets import bucket, round_up
 from roro_jax.engines.base import STEP_DELIMITER, SamplingParams, StepEngine, StepRequest, StepResult
 from roro_jax.router.policies import Policy, StepObservation
 from roro_jax.tasks.grading import extract_answer, grade
@@ -145,11 +146,6 @@ def has_final_answer(text: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ features
-def _bucket(n: int, minimum: int = 1) -> int:
-    n = max(int(n), minimum, 1)
-    return 1 << (n - 1).bit_length()
-
-
 @functools.lru_cache(maxsize=16)
 def _jitted_logprob_features(max_steps: int, max_step_tokens: int):
     import jax
@@ -178,7 +174,7 @@ class _Decider:
     def __init__(self, policy: Policy, cfg: RolloutConfig):
         self.policy, self.cfg = policy, cfg
         self.k = cfg.logprobs
-        self.L = _bucket(cfg.max_step_tokens, 16)
+        self.L = bucket(cfg.max_step_tokens, 16)
         self.fn = _jitted_logprob_features(cfg.feature_scale_steps or cfg.max_steps,
                                            cfg.feature_scale_tokens or cfg.max_step_tokens)
         self.batch_invariant = bool(getattr(policy, "batch_invariant", False))
@@ -198,7 +194,7 @@ class _Decider:
 
     def featurize(self, rows: Sequence[_Row]) -> np.ndarray:
         n, L, k, B = len(rows), self.L, self.k, self.ROW_BLOCK
-        nb = max(-(-n // B), 1) * B
+        nb = round_up(n, B)
         top = np.full((nb, L, k), -np.inf, np.float32)
         chosen = np.zeros((nb, L), np.float32)
         mask = np.zeros((nb, L), np.float32)

@@ -31,11 +31,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from roro_jax.buckets import bucket, round_up
 from roro_jax.models.score import ScoreModel
 from roro_jax.rl.losses import bradley_terry_loss, safe_div
 from roro_jax.rl import update as rl_update
 from roro_jax.rl.update import MODES, TrainState, init_state
-from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, trainable_filter
+from roro_jax.rubric.lm import LMSpec, bos, build_lm, encode, trainable_filter
 from roro_jax.rubric.serialize import SerializeConfig, serialize_query, serialize_trajectory
 from roro_jax.types import PreferencePair, Rubric, Trajectory
 
@@ -117,7 +118,7 @@ def pad_inputs(encoded: Sequence[tuple[list[int], list[int], list[float]]], k: i
     """
     n = len(encoded)
     b = max(n, rows or 0)
-    length = bucket_len(max(len(e[0]) for e in encoded), len_multiple)
+    length = round_up(max(len(e[0]) for e in encoded), len_multiple)
     ids = np.full((b, length), pad_id, np.int32)
     mask = np.zeros((b, length), bool)
     pos = np.zeros((b, k), np.int32)
@@ -273,7 +274,7 @@ class Judge:
         for i in range(0, len(enc), batch):
             chunk = enc[i:i + batch]
             arr = pad_inputs(chunk, self.encoder.n_outputs, len_multiple=self.cfg.len_multiple,
-                             rows=_bucket_rows(len(chunk), batch), pad_id=self.pad_id)
+                             rows=min(bucket(len(chunk), 8), batch), pad_id=self.pad_id)
             s, p = self._score(self.state.params, self.frozen, arr["ids"], arr["mask"], arr["pos"], arr["w"])
             out_s.append(np.asarray(s)[:len(chunk)])
             out_p.append(np.asarray(p)[:len(chunk)])
@@ -290,7 +291,7 @@ class Judge:
         enc = {side: [self.encoder.encode(queries.get(p.query_id, ""), rub.get(p.query_id),
                                           by_id[p.preferred if side == "pref" else p.rejected]) for p in pairs]
                for side in SIDES}
-        length = bucket_len(max(len(e[0]) for side in SIDES for e in enc[side]), self.cfg.len_multiple)
+        length = round_up(max(len(e[0]) for side in SIDES for e in enc[side]), self.cfg.len_multiple)
         out = {}
         for side in SIDES:
             arr = pad_inputs(enc[side], self.encoder.n_outputs, len_multiple=length, pad_id=self.pad_id)
@@ -329,13 +330,6 @@ def kind_weights(pairs: Sequence[PreferencePair], mode: str = "none") -> np.ndar
     kinds = [p.kind for p in pairs]
     counts = {k: kinds.count(k) for k in set(kinds)}
     return np.array([len(pairs) / (len(counts) * counts[k]) for k in kinds], np.float32)
-
-
-def _bucket_rows(n: int, cap: int) -> int:
-    b = 8
-    while b < n:
-        b *= 2
-    return min(max(b, n), max(cap, n))
 
 
 def pair_correct(judge: Judge, pairs: Sequence[PreferencePair], by_id: dict[str, Trajectory],
