@@ -34,8 +34,7 @@ from jax.sharding import Mesh
 from roro_jax.buckets import bucket, round_up
 from roro_jax.models.score import ScoreModel
 from roro_jax.rl.losses import bradley_terry_loss, safe_div
-from roro_jax.rl import update as rl_update
-from roro_jax.rl.update import MODES, TrainState, init_state
+from roro_jax.rl.update import MODES, TrainState, init_state, make_optimizer, make_update
 from roro_jax.rubric.lm import LMSpec, bos, build_lm, encode, trainable_filter
 from roro_jax.rubric.serialize import SerializeConfig, serialize_query, serialize_trajectory
 from roro_jax.types import PreferencePair, Rubric, Trajectory
@@ -177,12 +176,12 @@ def split_judge(model: ScoreModel, cfg: JudgeConfig):
     return nnx.split(model, trainable_filter(cfg.model, ("head_kernel", "head_bias")), ...)
 
 
-def make_optimizer(cfg: JudgeConfig) -> optax.GradientTransformation:
+def judge_optimizer(cfg: JudgeConfig) -> optax.GradientTransformation:
     """:func:`roro_jax.rl.update.make_optimizer` with the Judge's learning rate (a cosine decay over
     ``decay_steps`` when set) and clip norm."""
     lr = optax.cosine_decay_schedule(cfg.lr, cfg.decay_steps, alpha=cfg.lr_final_frac) if cfg.decay_steps > 0 \
         else cfg.lr
-    return rl_update.make_optimizer(lr, cfg.max_grad_norm)
+    return make_optimizer(lr, cfg.max_grad_norm)
 
 
 def judge_loss_terms(graphdef, scale: float):
@@ -209,8 +208,8 @@ def make_judge_update(graphdef, tx, scale: float, *, mode: str = "single", mesh:
         return {"loss": safe_div(t["loss_sum"], t["loss_den"]), "accuracy": safe_div(t["correct_sum"], t["loss_den"]),
                 "margin": safe_div(t["margin_sum"], t["loss_den"])}
 
-    inner = rl_update.make_update(judge_loss_terms(graphdef, scale), tx, mode=mode, mesh=mesh, donate=donate,
-                                  metrics_fn=metrics)
+    inner = make_update(judge_loss_terms(graphdef, scale), tx, mode=mode, mesh=mesh, donate=donate,
+                        metrics_fn=metrics)
     key = jax.random.PRNGKey(0)  # the BT loss draws no randomness
 
     def update(state, frozen, batch):
@@ -240,7 +239,7 @@ class Judge:
         model, self.tokenizer = build_judge(cfg, seed=seed)
         self.encoder = JudgeEncoder(self.tokenizer, serialize, use_rubric=cfg.use_rubric, max_criteria=max_criteria)
         self.graphdef, params, self.frozen = split_judge(model, cfg)
-        self.tx = make_optimizer(cfg)
+        self.tx = judge_optimizer(cfg)
         self.state = init_state(params, self.tx)
         self._update = make_judge_update(self.graphdef, self.tx, cfg.bt_scale, mode=cfg.parallel, mesh=mesh)
         self._score = jax.jit(self._score_impl)
