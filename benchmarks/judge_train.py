@@ -51,16 +51,16 @@ def jax_side(args, batch):
     from flax import nnx
 
     from roro_jax.rl.update import init_state
-    from roro_jax.rubric.judge import JudgeConfig, build_judge, make_judge_update, make_optimizer, pair_scores, split_judge
+    from roro_jax.rubric.judge import JudgeConfig, build_judge, judge_optimizer, make_judge_update, pair_scores, split_judge
     from roro_jax.rubric.lm import LMSpec
 
     cfg = JudgeConfig(model=LMSpec(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                                    intermediate_size=args.intermediate), lr=1e-3)
-    model, tok = build_judge(cfg, max_criteria=4, seed=0)
+    model, tok = build_judge(cfg, seed=0)
     head = np.random.default_rng(1).normal(0, 0.5, (args.hidden, 1)).astype(np.float32)
     model.head_kernel[...] = head
     graphdef, params, frozen = split_judge(model, cfg)
-    tx = make_optimizer(cfg)
+    tx = judge_optimizer(cfg)
     update = make_judge_update(graphdef, tx, cfg.bt_scale, mode="single", donate=True)
     state = init_state(params, tx)
     scores = jax.jit(lambda p, f, b: pair_scores(nnx.merge(graphdef, p, f), b))

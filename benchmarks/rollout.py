@@ -35,6 +35,7 @@ if not __package__:  # run as a script (python benchmarks/NAME.py): import the c
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from roro_jax.benchmarking import annotate, machine, progress, summary_line  # noqa: E402
+from roro_jax.buckets import bucket  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- policy
@@ -71,8 +72,7 @@ class MLPRouterPolicy:
         from roro_jax.router.baselines import row_uniforms
 
         n = len(obs)
-        nb = 1 << max(n - 1, 0).bit_length()
-        x = np.zeros((max(nb, 8), obs.features.shape[1]), np.float32)
+        x = np.zeros((bucket(n, 8), obs.features.shape[1]), np.float32)
         x[:n] = obs.features
         p = np.asarray(self._fn(self.state, x), np.float64)[:n]
         a = (row_uniforms(obs, rng, salt=0xB37C) < p).astype(np.int32)
@@ -235,7 +235,7 @@ async def bench(args) -> dict:
         from roro_jax.engines.fused_routing import FusedRouter
 
         n_rows = args.queries * args.group
-        fused_router = FusedRouter(small, large, cfg, batch=args.fused_batch or 1 << max(n_rows - 1, 0).bit_length())
+        fused_router = FusedRouter(small, large, cfg, batch=args.fused_batch or bucket(n_rows))
         t1 = time.perf_counter()
         fused_run(fused_router, problems, policy, args.group, args.seed)  # compile
         fused_compile_s = time.perf_counter() - t1

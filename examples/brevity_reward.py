@@ -6,7 +6,7 @@ trajectories (fewer generated tokens, small and large model together). Weight it
 The metrics log then has a ``reward/brevity`` column. ``needs`` names the reward-batch fields it reads
 (``roro_jax.worlds.reward_fields``), so a world without them fails at config time, naming the term.
 """
-from roro_jax.rl.rewards import register_reward
+from roro_jax.rl import register_reward
 
 
 @register_reward("brevity", needs=("small_tokens", "large_tokens"))

@@ -5,7 +5,7 @@ clipped per sequence, averaged over sequences. Registered as ``gspo``; pick it w
 """
 import jax.numpy as jnp
 
-from roro_jax.rl.losses import register_policy_loss
+from roro_jax.rl import register_policy_loss
 
 
 @register_policy_loss("gspo")

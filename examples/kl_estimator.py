@@ -10,7 +10,7 @@ The metrics log then has ``kl_ref``, the estimate's token mean, KL to the frozen
 """
 import jax.numpy as jnp
 
-from roro_jax.rl.losses import register_kl
+from roro_jax.rl import register_kl
 
 
 @register_kl("k3_clamped")

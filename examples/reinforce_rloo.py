@@ -5,7 +5,7 @@ each trajectory's advantage its reward minus the mean of the other G-1 rewards o
     roro router -c configs/router_synthetic.yaml --plugin examples/reinforce_rloo.py grpo.loss=reinforce \
         grpo.adv_scale=rloo grpo.epochs=1 grpo.minibatches=1
 """
-from roro_jax.rl.losses import register_policy_loss
+from roro_jax.rl import register_policy_loss
 
 
 @register_policy_loss("reinforce")

@@ -49,6 +49,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from roro_jax.jsonio import atomic_write_json
 from roro_jax.models import DecoderConfig, init_model, param_count, save_pretrained
 from roro_jax.models.sampler import Sampler, SamplingParams
 from roro_jax.tasks import toy
@@ -374,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     tokenizer = toy.build_tokenizer()
     eval_problems = validation_set(cfg, args.eval_n) if args.eval_n else []
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / TASK_FILE).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_json(args.out / TASK_FILE, cfg.to_dict(), indent=2, sort_keys=True)
     print(f"task {cfg}; writing to {args.out}")
     metas = {}
     names = sorted(args.which, key=["small", "large"].index)
@@ -426,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def _save(folder: Path, model, tokenizer, meta: dict) -> dict:
     save_pretrained(model, folder, tokenizer=None)
     toy.save_tokenizer(folder, tokenizer)
-    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_json(folder / META_FILE, meta, indent=1)
     print(f"[{meta['name']}] saved {folder} ({meta['params']:,} params)")
     return meta
 

@@ -22,6 +22,7 @@ import numpy as np
 from roro_jax.config import ConfigError
 from roro_jax.eval.records import CurvePoint
 from roro_jax.eval.report import write_report
+from roro_jax.jsonio import atomic_write_json
 from roro_jax.rl.trainer import RouterLearner, run_training, score_trajectories
 from roro_jax.worlds.replay import EpisodeWarning, ReplayWorld
 
@@ -138,8 +139,6 @@ def train_router_replay(cfg, world: ReplayWorld | None = None, *, resume=True, s
 def rubric_process_fn(cfg, world: ReplayWorld, train_idx: np.ndarray, out: Path):
     """The rubric stage on the training episodes (exploration suite → pairs → Judge/Rubricor with the gate;
     results in ``out/results.json``) and RoRo's process scorer: the final Judge under each query's rubric."""
-    import json
-
     from pipelines.rubric import jsonable, process_scorer, replay_pairs, run_rubric_stage
 
     train_eps = [world.episodes[i] for i in train_idx]
@@ -148,7 +147,7 @@ def rubric_process_fn(cfg, world: ReplayWorld, train_idx: np.ndarray, out: Path)
     res = run_rubric_stage(rc, trajs, pairs, queries)
     objects = res.pop("objects")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(jsonable(res), indent=1, default=str) + "\n")
+    atomic_write_json(out / "results.json", jsonable(res), indent=1, default=str)
     return process_scorer(cfg.reward.process_scorer, objects, queries)
 
 

@@ -34,6 +34,7 @@ from pipelines import toy as T
 from pipelines.rubric import jsonable, process_scorer, run_rubric_stage
 from roro_jax.eval.records import point_from_trajectories
 from roro_jax.eval.report import write_report
+from roro_jax.jsonio import atomic_write_json
 from roro_jax.pairs import build_pairs_with_stats, write_pairs
 from roro_jax.router.baselines import SteerPolicy, fit_gmm2, lrm_only, srm_only
 from roro_jax.router.baselines import ConfidenceThreshold, RandomPolicy
@@ -97,7 +98,7 @@ def pairs_stage(cfg, trajs: Sequence[Trajectory], out: Path):
     pairs, stats = build_pairs_with_stats(trajs, cfg.pairs, seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     write_pairs(out / "pairs.jsonl", pairs)
-    (out / "pairs_stats.json").write_text(json.dumps(stats, indent=1, default=str) + "\n")
+    atomic_write_json(out / "pairs_stats.json", stats, indent=1, default=str)
     return pairs, stats
 
 
@@ -108,7 +109,7 @@ def rubric_stage(cfg, trajs: Sequence[Trajectory], pairs, queries: dict[str, str
     res = run_rubric_stage(rc, trajs, pairs, queries, log=log)
     objects = res.pop("objects")
     (out / "rubric").mkdir(parents=True, exist_ok=True)
-    (out / "rubric" / "results.json").write_text(json.dumps(jsonable(res), indent=1, default=str) + "\n")
+    atomic_write_json(out / "rubric" / "results.json", jsonable(res), indent=1, default=str)
     return jsonable(res), objects
 
 
@@ -216,6 +217,6 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
                       f"{p.large_share:.3f}")
     console.print(table)
     summary = json.loads(paths["summary"].read_text())
-    (out / "timings.json").write_text(json.dumps({**times, "total": time.time() - t0}, indent=1) + "\n")
+    atomic_write_json(out / "timings.json", {**times, "total": time.time() - t0}, indent=1)
     console.print(f"report: {paths['report']}  plot: {paths['plot']}  ({time.time() - t0:.0f} s)")
     return {"points": points, "paths": paths, "summary": summary, "rubric": res, "times": times}

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from roro_jax.jsonio import atomic_write_json
 from roro_jax.pairs import PairsConfig, build_pairs
 from roro_jax.rubric.loop import (RubricConfig, accuracy_report, make_data, process_quality_correct, run_alternating,
                                   run_no_rubric)
@@ -132,7 +133,7 @@ def rubric_stage_from_files(cfg, trajectories_path, pairs_path, queries_path=Non
     res = jsonable(run_rubric_stage(rc, trajs, pairs, queries))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    atomic_write_json(path, res, indent=1, default=str)
     print(results_table([res], "given"))
     return {**res, "path": path}
 

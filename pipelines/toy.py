@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from roro_jax.engines.flax_engine import FlaxEngine
+from roro_jax.jsonio import atomic_write_json
 from roro_jax.rl.trainer import RouterLearner, run_training, score_trajectories
 from roro_jax.rollout import default_prompt, rollout, rollout_sync
 from roro_jax.router.features import get_family
@@ -137,7 +138,7 @@ def route(cfg, engines: ToyEngines, problems, policy: Policy, *, group_size: int
         return _fused_route(router, cfg, problems, [policy], group_size=group_size, seed=seed,
                             store=store)[policy.policy_id]
     return rollout_sync(problems, engines.small, engines.large, policy, cfg.rollout, group_size=group_size,
-                        seed=seed, store=store, feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg),
+                        seed=seed, store=store, prompt_fn=prompt_fn(cfg),
                         annotate=annotate_fn(cfg))
 
 
@@ -160,7 +161,7 @@ def route_many(cfg, engines: ToyEngines, problems, policies: Sequence[Policy], *
 
         async def one(pol):
             trajs = await rollout(problems, engines.small, engines.large, pol, cfg.rollout, seed=seed, store=store,
-                                  feature_family=cfg.router.features, prompt_fn=prompt_fn(cfg),
+                                  prompt_fn=prompt_fn(cfg),
                                   annotate=annotate_fn(cfg))
             bar.update(1)
             return trajs
@@ -186,15 +187,13 @@ def collect_exploration_stage(cfg, engines: ToyEngines | None = None, problems=N
                               ) -> Path:
     """``roro collect``: the exploration suite (``cfg.exploration``) on the first ``explore_problems``
     training problems → ``<out_dir>/exploration/trajectories.jsonl`` (+ ``queries.json``: id → text)."""
-    import json
-
     from roro_jax.router.exploration import exploration_suite
 
     engines = engines or make_engines(cfg)
     problems = train_problems(cfg)[:settings(cfg).explore_problems] if problems is None else problems
     out = Path(cfg.out_dir) / "exploration"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "queries.json").write_text(json.dumps({str(p.id): p.question for p in problems}, indent=1) + "\n")
+    atomic_write_json(out / "queries.json", {str(p.id): p.question for p in problems}, indent=1)
     suite = exploration_suite(dataclasses.replace(cfg.exploration, seed=cfg.seed))
     collect_exploration(cfg, engines, suite, problems, out, progress=progress)
     return out / "trajectories.jsonl"

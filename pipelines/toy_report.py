@@ -30,7 +30,6 @@ Row ``i`` samples with seed ``seed + i`` (the substitution and the continuation 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from roro_jax.jsonio import atomic_write_json
 from roro_jax.tasks import toy
 from roro_jax.tasks.problem import Problem
 
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(format_table(results))
     print(f"\n{args.n} held-out problems; {time.perf_counter() - t0:.0f}s in all")
     if args.json:
-        args.json.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1, default=str) + "\n")
+        atomic_write_json(args.json, {str(k): v for k, v in results.items()}, indent=1, default=str)
     return results
 
 

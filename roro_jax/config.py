@@ -126,7 +126,6 @@ class RouterConfig:
     hidden: list[int] = _counts([128, 128])
     activation: str = _choice("tanh", "tanh", "relu", "gelu", "silu")
     layer_norm: bool = False
-    topk: int = _at_least(5, 1)  # top-k log-probs per token the logprob family reads
 
 
 @dataclass
@@ -194,7 +193,6 @@ class LoggingConfig:
 @dataclass
 class TrainConfig:
     updates: int = _at_least(50, 0)
-    log_every: int = _at_least(1, 1)
 
 
 @dataclass

@@ -25,7 +25,6 @@ ids and a human-readable reason.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -38,7 +37,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .store import read_trajectory_file
-from .types import ESCALATE, InputError, PreferencePair, Trajectory, iter_jsonl
+from .jsonio import atomic_write_json, atomic_write_jsonl, iter_jsonl
+from .types import ESCALATE, InputError, PreferencePair, Trajectory
 
 KINDS = ("outcome", "cost", "process")
 COST_MEASURES = ("large_tokens", "large_share")
@@ -385,14 +385,8 @@ def pair_summary(pairs: Iterable[PreferencePair]) -> dict[str, dict[str, Any]]:
 
 def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair]) -> Path:
     """Write pairs as JSONL (atomically: a temporary file renamed into place). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for p in pairs:
-            f.write(json.dumps(p.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_jsonl(path, (p.to_dict() for p in pairs), separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
 
 
 _PAIR_FIELDS = {"query_id": "a string", "preferred": "a string", "rejected": "a string", "kind": "a string",
@@ -450,6 +444,5 @@ def pairs_from_file(trajectories_path: str | os.PathLike, out_path: str | os.Pat
                       "graded trajectories of one query that differ in outcome, cost or process quality",
                       NoPairsWarning, stacklevel=2)
     out = write_pairs(out_path, pairs)
-    stats_path = out.with_name(out.name + ".stats.json")
-    stats_path.write_text(json.dumps(stats, indent=1) + "\n")
+    atomic_write_json(out.with_name(out.name + ".stats.json"), stats, indent=1)
     return stats

@@ -139,6 +139,16 @@ def check_reward_fields(cfg, ctx: Context) -> None:
                               f"{sorted(has)}); set reward.weights.{term}=0 or use a world with that field")
 
 
+@register_check("feature_family")
+def check_feature_family(cfg, ctx: Context) -> None:
+    """``router.features`` names a family the world computes (the toy and live worlds compute ``logprob``
+    from the engines' top-k log-probs; ``prm`` needs a PRM scorer, the replay world's)."""
+    have = get_world(cfg.world).feature_families
+    if have is not None and cfg.router.features not in have:
+        raise ConfigError(f"config key 'router.features'={cfg.router.features!r}: the {cfg.world} world computes "
+                          f"only the feature families {sorted(have)}; set router.features={sorted(have)[0]}")
+
+
 @register_check("tensorboard")
 def check_tensorboard(cfg, ctx: Context) -> None:
     from roro_jax.rl.metrics_log import check_tensorboard as check

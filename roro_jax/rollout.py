@@ -56,6 +56,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from roro_jax.buckets import bucket, round_up
 from roro_jax.engines.base import STEP_DELIMITER, SamplingParams, StepEngine, StepRequest, StepResult
 from roro_jax.router.policies import Policy, StepObservation
 from roro_jax.tasks.grading import extract_answer, grade
@@ -145,11 +146,6 @@ def has_final_answer(text: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ features
-def _bucket(n: int, minimum: int = 1) -> int:
-    n = max(int(n), minimum, 1)
-    return 1 << (n - 1).bit_length()
-
-
 @functools.lru_cache(maxsize=16)
 def _jitted_logprob_features(max_steps: int, max_step_tokens: int):
     import jax
@@ -175,14 +171,10 @@ class _Row:
 class _Decider:
     """Featurises and decides every proposal that arrived in the same event-loop tick, in one batch."""
 
-    def __init__(self, policy: Policy, cfg: RolloutConfig, feature_family: str):
-        if feature_family != "logprob":
-            raise ValueError(f"rollout: feature family {feature_family!r} is not available in the live "
-                             f"rollout (it computes the 'logprob' family from the engine's top-k log-probs; "
-                             f"'prm' needs a PRM scorer, see the replay world)")
+    def __init__(self, policy: Policy, cfg: RolloutConfig):
         self.policy, self.cfg = policy, cfg
         self.k = cfg.logprobs
-        self.L = _bucket(cfg.max_step_tokens, 16)
+        self.L = bucket(cfg.max_step_tokens, 16)
         self.fn = _jitted_logprob_features(cfg.feature_scale_steps or cfg.max_steps,
                                            cfg.feature_scale_tokens or cfg.max_step_tokens)
         self.batch_invariant = bool(getattr(policy, "batch_invariant", False))
@@ -202,7 +194,7 @@ class _Decider:
 
     def featurize(self, rows: Sequence[_Row]) -> np.ndarray:
         n, L, k, B = len(rows), self.L, self.k, self.ROW_BLOCK
-        nb = max(-(-n // B), 1) * B
+        nb = round_up(n, B)
         top = np.full((nb, L, k), -np.inf, np.float32)
         chosen = np.zeros((nb, L), np.float32)
         mask = np.zeros((nb, L), np.float32)
@@ -377,7 +369,7 @@ def _store_has(store, key: tuple[str, int, str]) -> bool:
 
 async def rollout(problems: Sequence[Problem], small: StepEngine, large: StepEngine, policy: Policy,
                   cfg: RolloutConfig = RolloutConfig(), *, group_size: int = 1, seed: int = 0, store=None,
-                  feature_family: str = "logprob", grader: Callable[[str, str], bool] = grade,
+                  grader: Callable[[str, str], bool] = grade,
                   prompt_fn: Callable[[Problem], str] = default_prompt,
                   annotate: Callable[[Problem, Sequence[Step]], dict] | None = None,
                   stats: dict | None = None) -> list[Trajectory]:
@@ -408,7 +400,7 @@ async def rollout(problems: Sequence[Problem], small: StepEngine, large: StepEng
         raise ValueError(f"rollout: problem id {dup!r} appears more than once")
     if not getattr(policy, "policy_id", None):
         raise ValueError("rollout: the policy has no policy_id")
-    decider = _Decider(policy, cfg, feature_family)
+    decider = _Decider(policy, cfg)
     todo = [(p, g) for p in problems for g in range(group_size)
             if store is None or not _store_has(store, (str(p.id), g, policy.policy_id))]
     sem = asyncio.Semaphore(cfg.max_live)
@@ -449,7 +441,7 @@ def rollout_sync(*args, **kwargs) -> list[Trajectory]:
 def warm_features(cfg: RolloutConfig) -> None:
     """Compile the decision batcher's feature function (one shape: blocks of ``_Decider.ROW_BLOCK`` rows,
     whatever the batch size), so no compile lands inside a timed run."""
-    dec = _Decider(_NoPolicy(), cfg, "logprob")
+    dec = _Decider(_NoPolicy(), cfg)
     row = _Row(StepResult([0], "", "stop", np.zeros(1, np.float32), np.zeros((1, cfg.logprobs), np.float32)),
                0, 0, 0, np.zeros(0), "q", 0, 0)
     dec.featurize([row])

@@ -42,6 +42,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from roro_jax.jsonio import atomic_open, decode_line
 from roro_jax.types import InputError, RecordError, Trajectory, check_trajectory_record
 
 Key = tuple[str, int, str]  # (query_id, sample_idx, policy_id)
@@ -75,16 +76,6 @@ def check_key_fields(d: Any) -> None:
     if isinstance(d, dict):
         d = {k: d[k] for k in ("query_id", "sample_idx", "policy_id") if k in d}
     check_trajectory_record(d)
-
-
-def _loads(line: bytes) -> Any:
-    """``json.loads`` of one complete line, with a ``ValueError`` that says what is wrong in it."""
-    try:
-        return json.loads(line)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not valid UTF-8 (byte {line[e.start]:#04x} at {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 class TrajectoryStore:
@@ -147,7 +138,7 @@ class TrajectoryStore:
         try:
             if not complete:
                 raise ValueError("no trailing newline")
-            d = _loads(line)
+            d = decode_line(line)
         except ValueError as e:  # incl. invalid UTF-8
             if last:
                 warnings.warn(f"{self.path}:{lineno}: torn last line skipped ({e})", RuntimeWarning,
@@ -217,7 +208,7 @@ class TrajectoryStore:
                 raise ValueError("no trailing newline")
             if not line.strip():
                 raise ValueError("blank line")
-            d = _loads(line)
+            d = decode_line(line)
         except ValueError as e:
             if last:
                 return False
@@ -338,13 +329,12 @@ class TrajectoryStore:
         (temporary file + fsync + rename). Returns the number of records kept."""
         if not self.path.exists():
             return 0
-        tmp = self.path.with_name(self.path.name + ".compact.tmp")
         kept = 0
         with self._locked():
             seen: set[Key] = set()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                with open(tmp, "wb") as out:
+                with atomic_open(self.path, "wb") as out:
                     for d in self.iter(as_dict=True):
                         k = key_of(d)
                         if k in seen:
@@ -352,14 +342,6 @@ class TrajectoryStore:
                         seen.add(k)
                         out.write(json.dumps(d, separators=(",", ":")).encode() + b"\n")
                         kept += 1
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
             self._keys, self._indexed_to = seen, self.path.stat().st_size
         return kept
 

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -296,35 +296,3 @@ def pad_trajectories(trajs: Sequence[Trajectory], max_steps: int | None = None,
             what = f"features[{f[0]}]" if f else name
             raise ValueError(f"trajectory {trajs[i].traj_id} step {j}: {what} is {x[(i, j, *f)]} (not finite)")
     return {"features": feats, "actions": actions, "logp": logp, "mask": mask}
-
-
-def iter_jsonl(path) -> Iterator[tuple[int, Any]]:
-    """Stream ``(line number, row)`` of a UTF-8 JSONL file, skipping blank lines; invalid UTF-8 or
-    malformed JSON raises :class:`InputError` naming ``path:line``."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            yield lineno, row
-
-
-def read_jsonl(path, cls=None) -> Iterable[Any]:
-    """Stream a UTF-8 JSONL file (see :func:`iter_jsonl`); with ``cls`` given, each row is turned into
-    ``cls.from_dict(row)``, and a row it rejects raises :class:`InputError` naming ``path:line``."""
-    for lineno, row in iter_jsonl(path):
-        if cls is None:
-            yield row
-            continue
-        try:
-            obj = cls.from_dict(row)
-        except (TypeError, ValueError, AttributeError) as e:
-            raise InputError(f"{path}:{lineno}: not a {cls.__name__.lower()} record: {e}") from None
-        yield obj

@@ -17,6 +17,19 @@ def test_bad_override_is_a_clear_error(capsys):
     assert "grpo.nope" in capsys.readouterr().err
 
 
+def test_removed_keys_are_one_error_line_naming_the_key(tmp_path, capsys):
+    """``router.topk`` and ``train.log_every`` did nothing and left the schema: an old config that sets one
+    is the usual unknown-key error, from a file or the command line."""
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  updates: 2\n  log_every: 5\n")
+    assert main(["config", "-c", str(old)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("roro: error: config key 'train.log_every'") and "old.yaml" in err[0]
+    assert main(["config", "router.topk=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("roro: error: config key 'router.topk'")
+
+
 def test_router_command_trains_and_logs(tmp_path, capsys):
     rc = main(["router", "-c", str(REPO_ROOT / "configs/router_synthetic.yaml"), f"out_dir={tmp_path}",
                "train.updates=2", "synthetic.queries=8", "router.hidden=[16]"])

@@ -51,6 +51,8 @@ def trained_run(tmp_path_factory):
      ["'reward.weights.process'=0.5"]),
     (["router", *SYN, "router.hidden=128"], ["'router.hidden'", "write router.hidden=[128]"]),
     (["demo", "router.hidden=128"], ["'router.hidden'", "write router.hidden=[128]"]),
+    (["demo", "router.features=prm"], ["'router.features'='prm'", "toy world computes only", "['logprob']"]),
+    (["collect", "world=live", "router.features=prm"], ["'router.features'='prm'", "live world"]),
     (["demo", "toy.queries_per_update=3", "grpo.minibatches=5"],
      ["'toy.queries_per_update'=3", "'grpo.minibatches'=5", "set toy.queries_per_update=5"]),
 ])

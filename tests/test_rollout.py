@@ -279,8 +279,6 @@ def test_per_row_policy_fallback_and_errors(engines, problems):
         rollout_sync(problems[:1], small, large, Bad(), CFG)
     with pytest.raises(ValueError, match="appears more than once"):
         rollout_sync([problems[0], problems[0]], small, large, srm_only(), CFG)
-    with pytest.raises(ValueError, match="feature family 'prm'"):
-        rollout_sync(problems[:1], small, large, srm_only(), CFG, feature_family="prm")
     with pytest.raises(ValueError, match="long_step"):
         RolloutConfig(long_step="split")
 
@@ -324,7 +322,7 @@ def test_row_results_do_not_depend_on_how_many_rows_arrive_together():
         return _Row(StepResult(list(range(m)), "x", "stop", lp, top), i % 6, i, i % 3, np.zeros(0), "q", i, i)
 
     rows = [row(i) for i in range(150)]
-    dec = _Decider(ConstantPolicy(KEEP, policy_id="k"), cfg, "logprob")
+    dec = _Decider(ConstantPolicy(KEEP, policy_id="k"), cfg)
     together = dec.featurize(rows)
     alone = np.concatenate([dec.featurize([r]) for r in rows[:20]] + [dec.featurize(rows[20:37])])
     np.testing.assert_array_equal(together[:37], alone)

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from roro_jax.buckets import bucket
 from roro_jax.engines.base import SamplingParams, StepRequest, StepResult
 
 
@@ -156,7 +157,7 @@ class FlaxEngine:
             prompts = [r.prompt_ids for r in chunk]
             sps = [self._sampler_params(p, r.seed) for p, r in zip(params[i:i + self.max_batch], chunk)]
             if self.batch_buckets is not None:
-                size = next(b for b in self.batch_buckets if b >= len(chunk))
+                size = bucket(len(chunk), ladder=self.batch_buckets)
                 idle = replace(sps[0], max_new_tokens=1, logprobs=sps[0].logprobs)
                 prompts += [prompts[0]] * (size - len(chunk))
                 sps += [idle] * (size - len(chunk))

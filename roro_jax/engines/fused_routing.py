@@ -55,7 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from roro_jax.models.sampler import FINISH_REASONS, _choose, bucket
+from roro_jax.buckets import bucket
+from roro_jax.models.sampler import FINISH_REASONS, _choose
 from roro_jax.models.stopping import stop_tables_for
 from roro_jax.rollout import RolloutConfig, default_prompt, derive_seed, has_final_answer, rollout_sync
 from roro_jax.router.device_policies import DevicePolicy, row_uniforms_for, to_device_policy

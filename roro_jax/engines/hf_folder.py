@@ -11,21 +11,9 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
+from roro_jax.tokenizer import load_tokenizer
+
 __all__ = ["HFTokenizerMixin", "count_params", "load_tokenizer"]
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """A Hugging Face tokenizer from a model/tokenizer folder or a ``tokenizer.json`` file."""
-    path = Path(path)
-    if path.is_file():
-        from transformers import PreTrainedTokenizerFast
-
-        return PreTrainedTokenizerFast(tokenizer_file=str(path))
-    if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer path {path} does not exist")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def count_params(folder: str | os.PathLike) -> int:

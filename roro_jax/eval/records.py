@@ -39,7 +39,6 @@ the report adds bootstrap confidence intervals over problems.  When present, ``a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections import OrderedDict
@@ -49,6 +48,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from roro_jax.jsonio import atomic_write_jsonl, iter_jsonl
 from roro_jax.types import InputError
 
 ROLES = ("srm", "lrm", "method")
@@ -175,30 +175,18 @@ class CurvePoint:
 
 def write_points(path: str | os.PathLike, points: Iterable[CurvePoint]) -> Path:
     """Write records as JSONL (atomically: a temporary file renamed into place). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for p in points:
-            f.write(json.dumps(p.to_dict(), separators=(",", ":"), allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_jsonl(path, (p.to_dict() for p in points), separators=(",", ":"), allow_nan=False)
 
 
 def read_points(path: str | os.PathLike) -> list[CurvePoint]:
     """Read records written by :func:`write_points`; errors (:class:`~roro_jax.types.InputError`, a
     ``ValueError``) name the file and line. A file with no record is an error too."""
     out = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(CurvePoint.from_dict(json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            except (TypeError, ValueError) as e:
-                raise InputError(f"{path}:{lineno}: {e}") from None
+    for lineno, row in iter_jsonl(path):
+        try:
+            out.append(CurvePoint.from_dict(row))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{path}:{lineno}: {e}") from None
     if not out:
         raise InputError(f"{path}: no point records (empty file)")
     return out
@@ -287,34 +275,28 @@ def load_reference_curve(path: str | os.PathLike, method: str, *, param_field: s
     """
     skip = {"accuracy", "num_correct", "target_token_frac", "draft_token_frac"}
     out = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                acc, share = float(row["accuracy"]), float(row["target_token_frac"])
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{lineno}: needs numeric 'accuracy' and 'target_token_frac' ({e!r})") \
-                    from None
-            n = int(round(row["num_correct"] / acc)) if row.get("num_correct") and acc > 0 else 1
-            if param_field is not None:
-                if param_field not in row:
-                    raise ValueError(f"{path}:{lineno}: no field {param_field!r}")
-                param, pname = row[param_field], param_field
-            else:
-                settings = {k: v for k, v in row.items()
-                            if k not in skip and not k.startswith("avg_") and isinstance(v, (int, float))}
-                param, pname = ",".join(f"{k}={v}" for k, v in settings.items()) or None, ""
-            role = "srm" if share == 0.0 else "lrm" if share == 1.0 else "method"
-            name = endpoint_names[0] if role == "srm" else endpoint_names[1] if role == "lrm" else method
-            try:
-                out.append(CurvePoint(method=name, accuracy=acc, large_share=share, n=n,
-                                      param=None if role != "method" else param,
-                                      param_name="" if role != "method" else pname, role=role,
-                                      meta={"source": str(path), "line": lineno}))
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
+    for lineno, row in iter_jsonl(path, error=ValueError):
+        try:
+            acc, share = float(row["accuracy"]), float(row["target_token_frac"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{lineno}: needs numeric 'accuracy' and 'target_token_frac' ({e!r})") \
+                from None
+        n = int(round(row["num_correct"] / acc)) if row.get("num_correct") and acc > 0 else 1
+        if param_field is not None:
+            if param_field not in row:
+                raise ValueError(f"{path}:{lineno}: no field {param_field!r}")
+            param, pname = row[param_field], param_field
+        else:
+            settings = {k: v for k, v in row.items()
+                        if k not in skip and not k.startswith("avg_") and isinstance(v, (int, float))}
+            param, pname = ",".join(f"{k}={v}" for k, v in settings.items()) or None, ""
+        role = "srm" if share == 0.0 else "lrm" if share == 1.0 else "method"
+        name = endpoint_names[0] if role == "srm" else endpoint_names[1] if role == "lrm" else method
+        try:
+            out.append(CurvePoint(method=name, accuracy=acc, large_share=share, n=n,
+                                  param=None if role != "method" else param,
+                                  param_name="" if role != "method" else pname, role=role,
+                                  meta={"source": str(path), "line": lineno}))
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
     return out

@@ -9,7 +9,6 @@ when the records carry per-problem arrays.  ``render_markdown(summary)`` writes 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from .bootstrap import bootstrap_curve
 from .config import EvalConfig
 from .metrics import _delta_ibc_unchecked, curve_summary, pareto_front
 from .records import CurvePoint, endpoints, group_by_method, read_points, write_points
+from roro_jax.jsonio import atomic_write_json
 from roro_jax.types import InputError
 
 POINTS_FILE = "points.jsonl"
@@ -230,7 +230,7 @@ def write_report(points: Sequence[CurvePoint], out_dir: str | os.PathLike,
     summary = summarize(pts, cfg)
     paths = {"points": write_points(out / POINTS_FILE, pts),
              "summary": out / cfg.summary_file, "report": out / cfg.report_file, "plot": out / cfg.plot_file}
-    paths["summary"].write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    atomic_write_json(paths["summary"], summary, indent=1, allow_nan=False)
     paths["report"].write_text(render_markdown(summary) + f"\n![{cfg.title}]({cfg.plot_file})\n")
     plot_curves(summary, paths["plot"], dpi=cfg.dpi, show_ci=cfg.show_ci)
     return paths

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from roro_jax.models.config import DecoderConfig
 from roro_jax.models.decoder import Decoder, abstract_model
 from roro_jax.models.families import IGNORED_HF_TENSORS, hf_to_ours, ours_to_hf
+from roro_jax.tokenizer import load_tokenizer
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -165,16 +166,6 @@ def load_weights(folder: str | os.PathLike, cfg: DecoderConfig, *, dtype=jnp.flo
     return nnx.merge(graphdef, params, rest)
 
 
-def load_tokenizer(folder: str | os.PathLike):
-    """The folder's tokenizer via transformers (``tokenizer.json``/``tokenizer_config.json``), or None if absent."""
-    folder = Path(folder)
-    if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder))
-
-
 def from_pretrained(folder: str | os.PathLike, dtype=jnp.float32, mesh: Mesh | None = None, *,
                     param_dtype=None):
     """Load ``(model, tokenizer)`` from a Hugging Face folder; tokenizer is None if the folder has none.
@@ -185,7 +176,7 @@ def from_pretrained(folder: str | os.PathLike, dtype=jnp.float32, mesh: Mesh | N
     """
     cfg = read_config(folder)
     model = load_weights(folder, cfg, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
-    return model, load_tokenizer(folder)
+    return model, load_tokenizer(folder, missing_ok=True)
 
 
 # --------------------------------------------------------------------------- writing

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 from jax.extend.random import threefry2x32_p
 
+from roro_jax.buckets import bucket
 from roro_jax.models.decoder import Decoder
 from roro_jax.models.stopping import stop_tables_for, token_texts
 
@@ -78,12 +79,6 @@ class Completion:
     top_ids: np.ndarray
     top_logprobs: np.ndarray
     stop_str: str | None = None
-
-
-def bucket(n: int, minimum: int = 1) -> int:
-    """The smallest power of two >= max(n, minimum)."""
-    n = max(int(n), minimum, 1)
-    return 1 << (n - 1).bit_length()
 
 
 # --------------------------------------------------------------------------- jitted core

@@ -1,7 +1,9 @@
 """Reinforcement learning for the router (and the LM parts that reuse it): rewards, advantages, losses,
 the jitted update, the training loop, checkpoints and the run folder. Nothing here knows about text.
 
-Modules (import what you need; nothing is re-exported here):
+The names users call import from the package (``from roro_jax.rl import make_update, register_reward``);
+each is imported on first use (:mod:`roro_jax.lazy`), so ``import roro_jax.rl`` imports no JAX. ``__all__``
+lists them. Modules:
 
 - :mod:`~roro_jax.rl.rewards`: the reward-term registry (``outcome``, ``cost``, ``process``,
   ``escalations``; ``register_reward``) and ``compute_rewards`` (``sum_then_normalize`` /
@@ -27,3 +29,26 @@ Modules (import what you need; nothing is re-exported here):
 - :mod:`~roro_jax.rl.metrics_log`: ``metrics.jsonl`` rows and the optional TensorBoard writer.
 - :mod:`~roro_jax.rl.stream`: training over a trajectory store of any size, group by group.
 """
+
+from roro_jax.lazy import lazy_exports
+
+_SUBMODULES = ("advantages", "checkpoint", "losses", "metrics_log", "reference", "rewards", "run_dir", "stream",
+               "trainer", "update")
+_EXPORTS = {
+    **dict.fromkeys(("REWARD_TERMS", "combine_rewards", "compute_rewards", "register_reward", "reward_needs",
+                     "reward_terms"), "rewards"),
+    # (the estimator dispatch ``advantages`` stays in its module: the name is the submodule's)
+    **dict.fromkeys(("ADVANTAGE_ESTIMATORS", "group_advantages", "register_advantage", "rloo_advantages"),
+                    "advantages"),
+    **dict.fromkeys(("KL_ESTIMATORS", "POLICY_LOSSES", "bernoulli_entropy", "bernoulli_kl", "bradley_terry_loss",
+                     "policy_loss", "policy_loss_terms", "register_kl", "register_policy_loss"), "losses"),
+    **dict.fromkeys(("REFERENCES", "reference_params", "register_reference"), "reference"),
+    **dict.fromkeys(("MODES", "TrainState", "init_state", "make_optimizer", "make_router_update", "make_update",
+                     "router_loss_terms", "set_hyperparams", "validate_batch"), "update"),
+    **dict.fromkeys(("RouterLearner", "make_mesh", "run_training"), "trainer"),
+    **dict.fromkeys(("CheckpointFallbackWarning", "CheckpointMismatchError", "CheckpointRestoreError",
+                     "Checkpointer"), "checkpoint"),
+    "MetricsLog": "metrics_log",
+    **dict.fromkeys(("iter_batches", "iter_groups", "train_on_store"), "stream"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

@@ -18,14 +18,18 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from roro_jax.config import ConfigError
+from roro_jax.jsonio import atomic_write_text
 
 RUN_CONFIG = "config.yaml"
 
 # dotted keys (or prefixes ending in ".") that a resumed run may change
-FREE_KEYS = ("out_dir", "train.updates", "train.log_every", "checkpoint.", "logging.", "eval.", "sweep.",
+FREE_KEYS = ("out_dir", "train.updates", "checkpoint.", "logging.", "eval.", "sweep.",
              "toy.test_problems", "live.test_problems", "live.test_benchmark", "replay.extra_test",
              "parallel.coordinator", "parallel.process_id", "parallel.num_processes",
              "plugins")  # plugins only register names; the keys that use them (reward.weights.X, ...) are compared
+# keys a run folder saved before they left the schema (they never changed what a run computed); a resume
+# ignores their saved values
+REMOVED_KEYS = ("router.topk", "train.log_every")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -60,8 +64,9 @@ def _plain_tree(d: Any) -> Any:
 def config_changes(saved: dict[str, Any], cfg) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, current value)`` for every key that differs and is not in :data:`FREE_KEYS`.
     A key the saved config lacks (added to the schema after the run started, e.g. ``grpo.reference``) counts
-    as its default."""
-    a, b = _flat(saved), _flat(resolved(cfg))
+    as its default; a key that left the schema since (:data:`REMOVED_KEYS`) is ignored."""
+    a = {k: v for k, v in _flat(saved).items() if k not in REMOVED_KEYS}
+    b = _flat(resolved(cfg))
     a = {**{k: v for k, v in _flat(resolved(type(cfg)())).items() if k in b}, **a}
     return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
             if not _free(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
@@ -97,9 +102,4 @@ def check_resume_config(cfg, out_dir: str | os.PathLike) -> list[tuple[str, Any,
 
 def save_run_config(cfg, out_dir: str | os.PathLike) -> Path:
     """Write the resolved ``cfg`` to ``<out_dir>/config.yaml`` atomically."""
-    path = Path(out_dir) / RUN_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(out_dir) / RUN_CONFIG, OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))

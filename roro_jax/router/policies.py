@@ -13,6 +13,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from roro_jax.buckets import round_up
 from roro_jax.router.uniforms import row_uniforms
 from roro_jax.types import ESCALATE, KEEP
 
@@ -79,7 +80,7 @@ class RouterPolicy:
     def escalate_prob(self, features) -> np.ndarray:
         x = np.asarray(features, np.float32)
         n, B = x.shape[0], self.ROW_BLOCK
-        pad = np.zeros((max(-(-n // B), 1) * B,) + x.shape[1:], np.float32)
+        pad = np.zeros((round_up(n, B),) + x.shape[1:], np.float32)
         pad[:n] = x
         out = [np.asarray(self.learner.escalate_prob(pad[i:i + B], self.params), np.float64)
                for i in range(0, len(pad), B)]

@@ -31,11 +31,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from roro_jax.buckets import bucket, round_up
 from roro_jax.models.score import ScoreModel
 from roro_jax.rl.losses import bradley_terry_loss, safe_div
-from roro_jax.rl import update as rl_update
-from roro_jax.rl.update import MODES, TrainState, init_state
-from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, trainable_filter
+from roro_jax.rl.update import MODES, TrainState, init_state, make_optimizer, make_update
+from roro_jax.rubric.lm import LMSpec, bos, build_lm, encode, trainable_filter
 from roro_jax.rubric.serialize import SerializeConfig, serialize_query, serialize_trajectory
 from roro_jax.types import PreferencePair, Rubric, Trajectory
 
@@ -117,7 +117,7 @@ def pad_inputs(encoded: Sequence[tuple[list[int], list[int], list[float]]], k: i
     """
     n = len(encoded)
     b = max(n, rows or 0)
-    length = bucket_len(max(len(e[0]) for e in encoded), len_multiple)
+    length = round_up(max(len(e[0]) for e in encoded), len_multiple)
     ids = np.full((b, length), pad_id, np.int32)
     mask = np.zeros((b, length), bool)
     pos = np.zeros((b, k), np.int32)
@@ -164,7 +164,7 @@ def pair_scores(model: ScoreModel, batch) -> tuple[jax.Array, jax.Array]:
 
 # ------------------------------------------------------------------------------------------ model/state
 
-def build_judge(cfg: JudgeConfig, *, max_criteria: int, seed: int = 0):
+def build_judge(cfg: JudgeConfig, *, seed: int = 0):
     """``(ScoreModel, tokenizer)``: the backbone per ``cfg.model`` and a zero-initialised 1-output head."""
     backbone, tok = build_lm(cfg.model, seed=seed)
     model = ScoreModel(backbone, 1, rngs=nnx.Rngs(seed))
@@ -176,12 +176,12 @@ def split_judge(model: ScoreModel, cfg: JudgeConfig):
     return nnx.split(model, trainable_filter(cfg.model, ("head_kernel", "head_bias")), ...)
 
 
-def make_optimizer(cfg: JudgeConfig) -> optax.GradientTransformation:
+def judge_optimizer(cfg: JudgeConfig) -> optax.GradientTransformation:
     """:func:`roro_jax.rl.update.make_optimizer` with the Judge's learning rate (a cosine decay over
     ``decay_steps`` when set) and clip norm."""
     lr = optax.cosine_decay_schedule(cfg.lr, cfg.decay_steps, alpha=cfg.lr_final_frac) if cfg.decay_steps > 0 \
         else cfg.lr
-    return rl_update.make_optimizer(lr, cfg.max_grad_norm)
+    return make_optimizer(lr, cfg.max_grad_norm)
 
 
 def judge_loss_terms(graphdef, scale: float):
@@ -208,8 +208,8 @@ def make_judge_update(graphdef, tx, scale: float, *, mode: str = "single", mesh:
         return {"loss": safe_div(t["loss_sum"], t["loss_den"]), "accuracy": safe_div(t["correct_sum"], t["loss_den"]),
                 "margin": safe_div(t["margin_sum"], t["loss_den"])}
 
-    inner = rl_update.make_update(judge_loss_terms(graphdef, scale), tx, mode=mode, mesh=mesh, donate=donate,
-                                  metrics_fn=metrics)
+    inner = make_update(judge_loss_terms(graphdef, scale), tx, mode=mode, mesh=mesh, donate=donate,
+                        metrics_fn=metrics)
     key = jax.random.PRNGKey(0)  # the BT loss draws no randomness
 
     def update(state, frozen, batch):
@@ -236,10 +236,10 @@ class Judge:
     def __init__(self, cfg: JudgeConfig, serialize: SerializeConfig, *, max_criteria: int = 6, seed: int = 0,
                  mesh: Mesh | None = None):
         self.cfg, self.max_criteria, self.seed = cfg, max_criteria, seed
-        model, self.tokenizer = build_judge(cfg, max_criteria=max_criteria, seed=seed)
+        model, self.tokenizer = build_judge(cfg, seed=seed)
         self.encoder = JudgeEncoder(self.tokenizer, serialize, use_rubric=cfg.use_rubric, max_criteria=max_criteria)
         self.graphdef, params, self.frozen = split_judge(model, cfg)
-        self.tx = make_optimizer(cfg)
+        self.tx = judge_optimizer(cfg)
         self.state = init_state(params, self.tx)
         self._update = make_judge_update(self.graphdef, self.tx, cfg.bt_scale, mode=cfg.parallel, mesh=mesh)
         self._score = jax.jit(self._score_impl)
@@ -273,7 +273,7 @@ class Judge:
         for i in range(0, len(enc), batch):
             chunk = enc[i:i + batch]
             arr = pad_inputs(chunk, self.encoder.n_outputs, len_multiple=self.cfg.len_multiple,
-                             rows=_bucket_rows(len(chunk), batch), pad_id=self.pad_id)
+                             rows=min(bucket(len(chunk), 8), batch), pad_id=self.pad_id)
             s, p = self._score(self.state.params, self.frozen, arr["ids"], arr["mask"], arr["pos"], arr["w"])
             out_s.append(np.asarray(s)[:len(chunk)])
             out_p.append(np.asarray(p)[:len(chunk)])
@@ -290,7 +290,7 @@ class Judge:
         enc = {side: [self.encoder.encode(queries.get(p.query_id, ""), rub.get(p.query_id),
                                           by_id[p.preferred if side == "pref" else p.rejected]) for p in pairs]
                for side in SIDES}
-        length = bucket_len(max(len(e[0]) for side in SIDES for e in enc[side]), self.cfg.len_multiple)
+        length = round_up(max(len(e[0]) for side in SIDES for e in enc[side]), self.cfg.len_multiple)
         out = {}
         for side in SIDES:
             arr = pad_inputs(enc[side], self.encoder.n_outputs, len_multiple=length, pad_id=self.pad_id)
@@ -329,13 +329,6 @@ def kind_weights(pairs: Sequence[PreferencePair], mode: str = "none") -> np.ndar
     kinds = [p.kind for p in pairs]
     counts = {k: kinds.count(k) for k in set(kinds)}
     return np.array([len(pairs) / (len(counts) * counts[k]) for k in kinds], np.float32)
-
-
-def _bucket_rows(n: int, cap: int) -> int:
-    b = 8
-    while b < n:
-        b *= 2
-    return min(max(b, n), max(cap, n))
 
 
 def pair_correct(judge: Judge, pairs: Sequence[PreferencePair], by_id: dict[str, Trajectory],

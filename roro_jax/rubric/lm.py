@@ -84,7 +84,3 @@ def encode(tokenizer, text: str) -> list[int]:
 def bos(tokenizer) -> list[int]:
     b = getattr(tokenizer, "bos_token_id", None)
     return [] if b is None else [int(b)]
-
-
-def bucket_len(n: int, multiple: int = 32) -> int:
-    return max(multiple, -(-n // multiple) * multiple)

@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from roro_jax.buckets import round_up
 from roro_jax.models.sampler import Sampler, SamplingParams
 from roro_jax.models.score import token_logprobs
 from roro_jax.rl.advantages import group_advantages
@@ -46,7 +47,7 @@ from roro_jax.rl.losses import POLICY_LOSSES, finalize_terms, safe_div
 from roro_jax.rl.update import MODES, TrainState, init_state, make_optimizer, make_update
 from roro_jax.rubric.format import ParseResult, RubricLimits, parse_rubric
 from roro_jax.rubric.judge import copy_tree
-from roro_jax.rubric.lm import LMSpec, bos, bucket_len, build_lm, encode, trainable_filter
+from roro_jax.rubric.lm import LMSpec, bos, build_lm, encode, trainable_filter
 from roro_jax.rubric.serialize import SerializeConfig, serialize_query
 
 
@@ -199,7 +200,7 @@ class Rubricor:
 
     def _pack(self, prompts: Sequence[list[int]], completions: Sequence[list[int]]):
         seqs = [p + c for p, c in zip(prompts, completions)]
-        length = bucket_len(max(len(s) for s in seqs), 32)
+        length = round_up(max(len(s) for s in seqs), 32)
         b = len(seqs)
         tokens = np.full((b, length), self.pad_id, np.int32)
         attn = np.zeros((b, length), bool)

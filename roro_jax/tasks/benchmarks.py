@@ -23,12 +23,12 @@ Any malformed line (bad JSON, not an object, a missing or empty field, no extrac
 from __future__ import annotations
 
 import ast
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from roro_jax.jsonio import iter_jsonl
 from roro_jax.paths import PACKAGE_DIR, shared_data_dir
 from roro_jax.tasks.grading import last_boxed
 from roro_jax.tasks.problem import Problem
@@ -201,29 +201,21 @@ def load_benchmark(path_or_name: str | Path, *, limit: int | None = None,
     schema = SCHEMAS.get(src)
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkFormatError(f"{path}:{lineno}: malformed JSON ({e.msg} at column "
-                                           f"{e.colno})") from None
-            try:
-                if schema is None:
-                    if not isinstance(row, dict):
-                        raise ValueError(f"row is a JSON {type(row).__name__}, expected an object")
-                    schema = infer_schema(row)
-                prob = parse_row(row, schema, src, default_id=str(len(problems)))
-            except (KeyError, ValueError, TypeError) as e:
-                msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-                raise BenchmarkFormatError(f"{path}:{lineno}: {msg}") from None
-            if prob.id in seen:
-                raise BenchmarkFormatError(f"{path}:{lineno}: duplicate id {prob.id!r} "
-                                           f"(first on line {seen[prob.id]})")
-            seen[prob.id] = lineno
-            problems.append(prob)
+    for lineno, row in iter_jsonl(path, error=BenchmarkFormatError):
+        try:
+            if schema is None:
+                if not isinstance(row, dict):
+                    raise ValueError(f"row is a JSON {type(row).__name__}, expected an object")
+                schema = infer_schema(row)
+            prob = parse_row(row, schema, src, default_id=str(len(problems)))
+        except (KeyError, ValueError, TypeError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise BenchmarkFormatError(f"{path}:{lineno}: {msg}") from None
+        if prob.id in seen:
+            raise BenchmarkFormatError(f"{path}:{lineno}: duplicate id {prob.id!r} "
+                                       f"(first on line {seen[prob.id]})")
+        seen[prob.id] = lineno
+        problems.append(prob)
     if not problems:
         raise BenchmarkFormatError(f"{path}: no problems (empty file)")
     return problems[:limit] if limit is not None else problems

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from roro_jax.tasks.problem import Problem
+from roro_jax.tokenizer import load_tokenizer  # noqa: F401 - the loader of save_tokenizer's folders
 
 STEP_SEP = "\n\n"
 ANSWER_PREFIX = "Answer: "
@@ -657,16 +658,6 @@ def save_tokenizer(folder: str | Path, tokenizer=None) -> Path:
     if not path.exists():
         raise RuntimeError(f"save_tokenizer: {path} was not written")
     return path
-
-
-def load_tokenizer(folder: str | Path):
-    """Load a tokenizer folder written by :func:`save_tokenizer` (or any tokenizer.json folder)."""
-    from transformers import PreTrainedTokenizerFast
-
-    folder = Path(folder)
-    if not (folder / "tokenizer.json").exists():
-        raise FileNotFoundError(f"{folder}/tokenizer.json does not exist")
-    return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
 # ------------------------------------------------------------------------------- routed trajectories ---

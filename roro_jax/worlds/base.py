@@ -6,7 +6,8 @@ A :class:`World` is a frozen record of plain functions. Each ``roro`` command ca
 naming the command and the world. The stepwise pipeline (:mod:`pipelines.roro`) reads the world's inputs
 (``make_engines``, ``train_problems`` / ``validation_problems`` / ``test_problems``, ``prompt_fn``,
 ``annotate``, its config ``section``); the preflight reads its facts (``reward_fields``,
-``queries_per_update``, ``router_subdir``, ``router_in_features``, ``no_process_scorer``).
+``queries_per_update``, ``router_subdir``, ``router_in_features``, ``feature_families``,
+``no_process_scorer``).
 
 A function may be given as a ``"module:function"`` string (:class:`Lazy`): it is imported at its first
 call, so the library imports no pipeline module when it loads. A world of your own, in a plugin module
@@ -103,6 +104,8 @@ class World:
     queries_per_update: Optional[Fn] = None  # cfg -> (queries routed per update, the key that sets it)
     router_subdir: str = ""  # where `roro router` trains, under out_dir, when stages run before it (process reward)
     router_in_features: Optional[Fn] = None  # cfg -> the router's input width (None: router.features' width)
+    # the router.features families the world computes (None: router.features does not apply or any family does)
+    feature_families: Optional[frozenset] = None
     # command (None: every training command) -> why reward.weights.process > 0 cannot apply there
     no_process_scorer: Mapping[Optional[str], str] = field(default_factory=dict)
 
@@ -115,6 +118,8 @@ class World:
                 raise TypeError(f"world {self.name!r}: {name} must be a function or 'module:function', "
                                 f"got {value!r}")
         object.__setattr__(self, "reward_fields", frozenset(self.reward_fields))
+        if self.feature_families is not None:
+            object.__setattr__(self, "feature_families", frozenset(self.feature_families))
 
     def require(self, what: str, command: str | None = None) -> Fn:
         """The function ``what``; a :class:`WorldError` naming the command and the world, and the worlds
@@ -194,7 +199,8 @@ _STEPWISE = World(
     make_engines="pipelines.toy:make_engines", train_problems="pipelines.toy:train_problems",
     validation_problems="pipelines.toy:validation_problems", test_problems="pipelines.toy:test_problems",
     prompt_fn="pipelines.toy:prompt_format", annotate="roro_jax.tasks.toy:trajectory_meta", section="toy",
-    queries_per_update=_stepwise_queries, router_subdir="router")
+    queries_per_update=_stepwise_queries, router_subdir="router",
+    feature_families={"logprob"})  # roro_jax.rollout / fused_routing: from the engines' top-k log-probs
 register_world(_STEPWISE)
 
 register_world(_STEPWISE.replace(

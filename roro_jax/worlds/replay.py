@@ -53,7 +53,6 @@ that evaluate many action matrices.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from roro_jax.jsonio import iter_jsonl
 from roro_jax.paths import shared_data_dir
 from roro_jax.registry import Registry
 from roro_jax.types import ESCALATE, KEEP, LARGE, SMALL, InputError, Step, Trajectory
@@ -229,37 +229,23 @@ def load_episodes(path_or_name: str | Path | None = None, *, duplicate_ids: str 
     for path in resolve_episodes(path_or_name):
         off_totals: list[str] = []
         n_file = 0
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                where = f"{path}:{lineno}"
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
-                    raw = raw[3:]
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise EpisodeFormatError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                                             f"{e.start + 1})") from None
-                if not line.strip():
+        for lineno, row in iter_jsonl(path, error=EpisodeFormatError):  # a byte-order mark is skipped
+            where = f"{path}:{lineno}"
+            ep = parse_episode(row, where)
+            n_file += 1
+            off = _totals_off(ep)
+            if off:
+                off_totals.append(f"line {lineno} (id {ep.id!r}): {off}")
+            prev = seen.setdefault(ep.id, [])
+            prev.append(where)
+            if len(prev) > 1:
+                if duplicate_ids == "error":
+                    raise EpisodeFormatError(f"{where}: duplicate episode id {ep.id!r} (first at {prev[0]})")
+                if duplicate_ids == "first":
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EpisodeFormatError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-                ep = parse_episode(row, where)
-                n_file += 1
-                off = _totals_off(ep)
-                if off:
-                    off_totals.append(f"line {lineno} (id {ep.id!r}): {off}")
-                prev = seen.setdefault(ep.id, [])
-                prev.append(where)
-                if len(prev) > 1:
-                    if duplicate_ids == "error":
-                        raise EpisodeFormatError(f"{where}: duplicate episode id {ep.id!r} (first at {prev[0]})")
-                    if duplicate_ids == "first":
-                        continue
-                    ep = dataclasses.replace(ep, id=f"{ep.id}#{len(prev)}",
-                                             meta={**ep.meta, "recorded_id": ep.id, "duplicate_of": prev[0]})
-                episodes.append(ep)
+                ep = dataclasses.replace(ep, id=f"{ep.id}#{len(prev)}",
+                                         meta={**ep.meta, "recorded_id": ep.id, "duplicate_of": prev[0]})
+            episodes.append(ep)
         if off_totals:
             warnings.warn(f"{path}: in {len(off_totals)} of {n_file} episodes the per-step token counts do not add "
                           f"up to the recorded total (off by more than one token per step), e.g. "
@@ -579,12 +565,6 @@ class ReplayWorld:
 
     def all_escalate(self, shape: tuple[int, ...] = ()) -> np.ndarray:
         return np.ones(tuple(shape) + (len(self), self.max_steps), np.int8)
-
-    def random_actions(self, rng: np.random.Generator, rate, shape: tuple[int, ...] = ()) -> np.ndarray:
-        """Escalate each step independently with probability ``rate`` (a scalar, or an array that
-        broadcasts against ``shape + (E, T)``, e.g. ``rates[:, None, None]`` with ``shape=(K,)``)."""
-        u = rng.random(tuple(shape) + (len(self), self.max_steps))
-        return (u < np.asarray(rate)).astype(np.int8)
 
     def threshold_actions(self, thresholds) -> np.ndarray:
         """TRIM-Thr: escalate where the small proposal's PRM score is below the threshold.

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from roro_jax.models import from_pretrained
-from roro_jax.models.sampler import Sampler, SamplingParams, bucket
+from roro_jax.buckets import bucket, round_up
+from roro_jax.models.sampler import Sampler, SamplingParams
 from roro_jax.models.score import token_logprobs
 
 from lm_testkit import jitted_logits
@@ -31,6 +32,10 @@ def prompts_for(tokenizer):
 def test_bucket():
     assert [bucket(n) for n in (0, 1, 2, 3, 5, 16, 17)] == [1, 1, 2, 4, 8, 16, 32]
     assert bucket(3, 16) == 16
+    assert [bucket(n, ladder=(4, 12, 64)) for n in (1, 4, 5, 12, 13, 64)] == [4, 4, 12, 12, 64, 64]
+    with pytest.raises(ValueError, match="holds 65"):
+        bucket(65, ladder=(4, 12, 64))
+    assert [round_up(n, 32) for n in (0, 1, 32, 33, 64, 65)] == [32, 32, 32, 64, 64, 96]
 
 
 def test_greedy_logprobs_agree_with_scoring(setup):

@@ -56,6 +56,17 @@ def test_metrics_rows_config_and_resume_notices(tmp_path, capsys):
     assert len(rows(tmp_path)) == 4
 
 
+def test_a_run_saved_with_removed_keys_resumes(tmp_path):
+    """A run folder whose config.yaml still holds keys that left the schema (``router.topk``,
+    ``train.log_every``) is not a config change; a changed training key still is."""
+    cfg = load_config(None, BASE + [f"out_dir={tmp_path}"])
+    saved = OmegaConf.to_container(OmegaConf.structured(cfg))
+    saved["router"]["topk"], saved["train"]["log_every"] = 5, 10
+    assert config_changes(saved, cfg) == []
+    saved["router"]["hidden"] = [4]
+    assert config_changes(saved, cfg) == [("router.hidden", [4], [8])]
+
+
 def test_data_parallel_rows_record_devices_and_mode(tmp_path):
     cfg = load_config(None, BASE + ["train.updates=1", "parallel.mode=shard_map", "parallel.devices=4",
                                     f"out_dir={tmp_path}"])

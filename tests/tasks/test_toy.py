@@ -8,6 +8,7 @@ import pytest
 from roro_jax.tasks import Problem, grade
 from roro_jax.tasks import toy
 from roro_jax.tasks.toy import ToyConfig
+from roro_jax.tokenizer import load_tokenizer
 
 STEP_RE = re.compile(r"^\d+ [+\-*/] \d+ = -?\d+$")
 
@@ -210,11 +211,13 @@ def test_tokenizer_round_trip_and_save(tmp_path, default_train):
     spec = json.loads(path.read_text())
     assert spec["model"]["type"] == "WordLevel"
     loaded = toy.load_tokenizer(tmp_path / "tok")
+    from_file = load_tokenizer(path)  # the tokenizer.json file itself
     from transformers import AutoTokenizer
 
     auto = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
     texts = [toy.training_text(p) for p in default_train[:300]]
     texts += ["\n\n", "Answer: 7\n\n", "a  b\tc\n\n\nd", "The route escalates step 3 (weight 0.5)."]
+    assert all(from_file(t)["input_ids"] == tok(t)["input_ids"] for t in texts)  # (no special-token names)
     for t in (tok, loaded, auto):
         assert len(t) == len(tok)
         for text in texts:
@@ -234,8 +237,10 @@ def test_tokenizer_round_trip_and_save(tmp_path, default_train):
 
 
 def test_load_tokenizer_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
-        toy.load_tokenizer(tmp_path)
+    for where in (tmp_path, tmp_path / "nowhere"):
+        with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+            toy.load_tokenizer(where)
+        assert load_tokenizer(where, missing_ok=True) is None  # a model folder without a tokenizer
 
 
 def test_summarize_checks_and_heldout():
