@@ -25,9 +25,10 @@ from roro_jax.types import PreferencePair
 GOOD, BAD = "1. [w=1] Escalates the drop.\n", "1. [w=1] Keeps every step.\n"
 
 
-def routes(prefix: str, n: int, *, flip: bool = False, offset: int = 0):
+def routes(prefix: str, n: int, *, flip: bool = False, offset: int = 0, bad_keeps_all: bool = False):
     """n queries; each has a route escalating its low-confidence step ("good") and one escalating a confident
-    step ("bad"); the pair prefers the good one (the bad one with ``flip``)."""
+    step ("bad"; with ``bad_keeps_all``, one escalating no step); the pair prefers the good one (the bad one
+    with ``flip``)."""
     trajs, pairs, queries = [], [], {}
     for i in range(n):
         q = f"{prefix}{i}"
@@ -35,7 +36,7 @@ def routes(prefix: str, n: int, *, flip: bool = False, offset: int = 0):
         confs = [0.95] * 6
         confs[d] = 0.2 + 0.03 * (i % 5)
         good = make_traj(q, "good", confs, esc=(d,))
-        bad = make_traj(q, "bad", confs, esc=((d + 2) % 6,))
+        bad = make_traj(q, "bad", confs, esc=() if bad_keeps_all else ((d + 2) % 6,))
         pref, rej = (bad, good) if flip else (good, bad)
         trajs += [good, bad]
         pairs.append(PreferencePair(q, pref.traj_id, rej.traj_id, "process", 0.5, "test"))
@@ -52,18 +53,23 @@ def leaves_bytes(tree):
 def rubric_world():
     """A frozen Judge that orders pairs right when it reads GOOD and wrong when it reads BAD (trained so on
     other queries: the order it gives depends on the rubric text), and a Rubricor fine-tuned to write BAD
-    3 times out of 5 and GOOD otherwise, for training queries ``r*`` and held-out queries ``h*``."""
+    3 times out of 5 and GOOD otherwise, for training queries ``r*`` and held-out queries ``h*``.
+
+    Each pair sets a route that escalates the query's low-confidence step against one that keeps every
+    step: the difference the two rubrics name. (With a confident step escalated instead, the tiny Judge
+    learned the rubric-dependent order on other queries for some float roundings and seeds and not for
+    others: 8 simulated devices vs 1 changed the outcome.)"""
     good, bad = parse_rubric(GOOD, "q").rubric, parse_rubric(BAD, "q").rubric
-    tg, pg, qg = routes("jg", 12)
-    tb, pb, qb = routes("jb", 12, flip=True)
-    tr, pr, qr = routes("r", 8, offset=40)
-    th, ph, qh = routes("h", 8, offset=20)
+    tg, pg, qg = routes("jg", 12, bad_keeps_all=True)
+    tb, pb, qb = routes("jb", 12, flip=True, bad_keeps_all=True)
+    tr, pr, qr = routes("r", 8, offset=40, bad_keeps_all=True)
+    th, ph, qh = routes("h", 8, offset=20, bad_keeps_all=True)
     by_id = {t.traj_id: t for t in tg + tb + tr + th}
     queries = {**qg, **qb, **qr, **qh}
     judge = Judge(JudgeConfig(model=LMSpec(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                                            max_position_embeddings=256), batch_pairs=8, lr=3e-3),
                   SerializeConfig(), max_criteria=2)
-    judge.train_steps(pg + pb, by_id, queries, {**{q: good for q in qg}, **{q: bad for q in qb}}, steps=150,
+    judge.train_steps(pg + pb, by_id, queries, {**{q: good for q in qg}, **{q: bad for q in qb}}, steps=80,
                       rng=np.random.default_rng(0))
     by_q: dict[str, list] = {}
     for t in tr + th:
