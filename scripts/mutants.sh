@@ -47,7 +47,8 @@ JAX_CACHE=$(cd "$JAX_CACHE" && pwd)
 JAX_ENV="JAX_COMPILATION_CACHE_DIR=$JAX_CACHE JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0"
 WORK=$(mktemp -d /tmp/roro-mutants.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-(cd "$ROOT" && git ls-files -z | xargs -0 cp --parents -t "$WORK")
+# -P: tracked symlinks (roro_jax/configs, roro_jax/benchmarks) are copied as links
+(cd "$ROOT" && git ls-files -z | xargs -0 cp -P --parents -t "$WORK")
 cd "$WORK"
 
 sessions=()
