@@ -64,7 +64,12 @@ def _registries_restored_after_each_module():
 
     from roro_jax.paths import REPO_ROOT
 
+    # user code: the examples and plugin files a test wrote to a temporary folder; never the installed
+    # packages or the project's own modules, which a clone under /tmp (CI) also places in the temporary
+    # folder (forgetting torch made its next import crash the process)
     user_dirs = (str(REPO_ROOT / "examples"), tempfile.gettempdir())
+    keep = tuple({sys.prefix, sys.base_prefix, *(str(REPO_ROOT / d) for d in ("roro_jax", "pipelines", "tests"))})
     for name in set(sys.modules) - modules:
-        if str(getattr(sys.modules.get(name), "__file__", None) or "").startswith(user_dirs):
+        f = str(getattr(sys.modules.get(name), "__file__", None) or "")
+        if f.startswith(str(REPO_ROOT / "examples")) or (f.startswith(user_dirs) and not f.startswith(keep)):
             sys.modules.pop(name, None)
