@@ -10,7 +10,8 @@ Each phase is one jitted program over the same ``epochs x minibatches`` steps as
 - ``+clip/Adam``: global-norm clipping + Adam instead of SGD;
 - ``update``: the library's update itself (``RouterLearner.update``: the above plus the metrics).
 
-The cost of a phase is the difference between its row and the one above. Rows are timed interleaved
+The cost of a phase is the difference between its row and the one above (wall time, and the process's CPU
+time, which a busy machine disturbs less). Rows are timed interleaved
 (medians of ``--repeats``) with XLA's f32 matmul at the router's largest shape ([rows, 128] @ [128, 128],
 chained with tanh, as ``router_step.py`` measures it), so the update's share of the matmul rate compares
 runs under the same load.
@@ -136,21 +137,26 @@ def main(argv: list[str] | None = None) -> dict:
     for run in runs.values():
         run()  # compile and warm up
     times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}  # process CPU time (all threads): steadier than wall time on a busy machine
     for _ in range(args.repeats):
         for name, run in runs.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     med = {name: statistics.median(v) for name, v in times.items()}
+    cmed = {name: statistics.median(v) for name, v in cpu.items()}
     rows_mb = B * T // args.minibatches
     peak = {"xla_gflops": 2.0 * rows_mb * 128 * 128 * 50 / med.pop("matmul") / 1e9,
             "shape": f"[{rows_mb},128]@[128,128]"}
     flops = update_flops(B, T, F, epochs=args.epochs)
-    rows, prev = [], 0.0
+    rows, prev, cprev = [], 0.0, 0.0
     for name in PHASES:
         rows.append({"phase": name, "ms": med[name] * 1e3, "delta_ms": (med[name] - prev) * 1e3,
-                     "share_of_update": (med[name] - prev) / med["update"]})
-        prev = med[name]
+                     "share_of_update": (med[name] - prev) / med["update"], "cpu_ms": cmed[name] * 1e3,
+                     "cpu_delta_ms": (cmed[name] - cprev) * 1e3,
+                     "cpu_share_of_update": (cmed[name] - cprev) / cmed["update"]})
+        prev, cprev = med[name], cmed[name]
     result = {"benchmark": "router_step_phases", "routing_steps": B * T, "phases": rows,
               "update_gflops": flops / med["update"] / 1e9, "matmul_peak": peak,
               "matmul_share": flops / med["update"] / 1e9 / peak["xla_gflops"], "repeats": args.repeats,
@@ -161,9 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print(f"router GRPO update at {B * T} routing steps, {args.epochs} epochs x {args.minibatches} minibatches "
               f"(cumulative phases, medians of {args.repeats})")
-        print(f"{'phase':>22} {'ms':>8} {'+ms':>8} {'share':>6}")
+        print(f"{'phase':>22} {'ms':>8} {'+ms':>8} {'share':>6} {'CPU ms':>8} {'+CPU ms':>8} {'share':>6}")
         for r in rows:
-            print(f"{r['phase']:>22} {r['ms']:>8.2f} {r['delta_ms']:>8.2f} {r['share_of_update']:>6.0%}")
+            print(f"{r['phase']:>22} {r['ms']:>8.2f} {r['delta_ms']:>8.2f} {r['share_of_update']:>6.0%} "
+                  f"{r['cpu_ms']:>8.2f} {r['cpu_delta_ms']:>8.2f} {r['cpu_share_of_update']:>6.0%}")
         print(f"update {result['update_gflops']:.1f} GF/s = {result['matmul_share']:.0%} of XLA's f32 matmul at "
               f"{peak['shape']} ({peak['xla_gflops']:.1f} GF/s)")
         print(summary_line(result))
