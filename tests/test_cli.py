@@ -43,12 +43,17 @@ def test_router_command_trains_and_logs(tmp_path, capsys):
 def test_bench_router_step_json():
     """`roro bench router-step --json` prints one JSON object with the ratio field (tiny sizes)."""
     out = subprocess.run([sys.executable, "-m", "roro_jax.cli", "bench", "router-step", "--json",
-                          "--trajectories", "32", "--steps", "8", "--repeats", "2", "--sweep"],
+                          "--trajectories", "32", "--steps", "8", "--repeats", "2", "--sweep", "128"],
                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=1500)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ratio"] > 0 and res["default"]["routing_steps"] == 256
+    assert [r["routing_steps"] for r in res["sweep"]] == [128]
     assert res["matmul_peak"]["xla_gflops"] > 0
+    # the update's share of XLA's matmul rate, for the default size and every sweep row
+    peak = res["matmul_peak"]["xla_gflops"]
+    assert res["matmul_share"] == res["default"]["jax_gflops"] / peak > 0
+    assert res["sweep"][0]["matmul_share"] == res["sweep"][0]["jax_gflops"] / peak > 0
     m = res["machine"]  # CPU model, cores, load average at start and end; a warning when the load > cores
     assert m["cpu_model"] and m["cores"] >= 1 and len(m["load_avg"]) == 3 and len(m["load_avg_end"]) == 3
     busy = max(m["load_avg"][0], m["load_avg_end"][0]) > m["cores"]
