@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -23,11 +25,12 @@ from roro_jax.rubric.format import criterion_key, format_rubric, parse_rubric
 from roro_jax.rubric.gate import GateConfig
 from roro_jax.rubric.judge import Judge, JudgeConfig, pair_correct
 from roro_jax.rubric.lm import LMSpec
-from roro_jax.rubric.loop import (RubricBook, RubricConfig, RubricData, accuracy_report, by_query, grpo_step, make_data,
-                                  prune_book, run_alternating, run_no_rubric, write_rubrics)
+from roro_jax.rubric.loop import (RubricBook, RubricConfig, RubricData, TeacherRubricWarning, accuracy_report, by_query,
+                                  grpo_step, make_data, prune_book, run_alternating, run_no_rubric, write_rubrics)
 from roro_jax.rubric.rubricor import Rubricor, RubricorConfig
 from roro_jax.rubric.serialize import SerializeConfig, probe_trajectory, query_summary
-from roro_jax.types import PreferencePair
+from roro_jax.rubric.teacher import get_teacher, register_teacher
+from roro_jax.types import Criterion, PreferencePair, Rubric
 
 GOOD, BAD = "1. [w=1] Escalates the drop.\n", "1. [w=1] Keeps every step.\n"
 
@@ -61,6 +64,24 @@ def test_accuracy_report_per_kind_and_macro():
     assert rep["acc"] == pytest.approx(4 / 6) and rep["n"] == 6
     assert (rep["acc_outcome"], rep["n_outcome"]) == (0.5, 2) and (rep["acc_process"], rep["n_process"]) == (1.0, 1)
     assert rep["acc_cost"] == pytest.approx(2 / 3) and rep["acc_macro"] == pytest.approx((0.5 + 1.0 + 2 / 3) / 3)
+
+
+def test_make_data_splits_by_query_and_keeps_the_query_texts():
+    trajs, pairs, queries = routes("d", 20)
+    extra = make_traj("d0", "other", [0.9] * 6)  # a second pair for d0: both of its pairs go to d0's split
+    pairs = pairs + [PreferencePair("d0", pairs[0].preferred, extra.traj_id, "process", 0.5, "test")]
+    cfg = RubricConfig(split=[0.6, 0.2, 0.2])
+    data = make_data(trajs + [extra], pairs, queries, cfg)
+    qs = [set(data.split_queries(s)) for s in ("train", "val", "test")]
+    assert [len(x) for x in qs] == [12, 4, 4] and set.union(*qs) == set(queries)
+    assert sum(len(data.pairs_of(s)) for s in ("train", "val", "test")) == len(pairs)
+    d0_splits = [s for s in ("train", "val", "test") if any(p.query_id == "d0" for p in data.pairs_of(s))]
+    assert len(d0_splits) == 1 and sum(p.query_id == "d0" for p in data.pairs_of(d0_splits[0])) == 2
+    assert data.queries == queries and data.query_ids == sorted(queries)
+    assert make_data(trajs, pairs[:20], None, cfg).queries == {q: "" for q in queries}  # no texts given
+    # a pair naming a trajectory that was not given (here its rejected one) is refused, not dropped
+    with pytest.raises(ValueError, match="1 pairs name trajectories that were not given"):
+        make_data(trajs, pairs, queries, cfg)
 
 
 # ------------------------------------------------------------------------------------ criterion pruning
@@ -101,9 +122,14 @@ def test_no_rubric_judge_trains_reads_no_rubric_and_reports_each_split_on_its_ow
         assert out[split]["n"] == len(ps) and out[split]["acc"] == pytest.approx(float(correct.mean())), split
     fresh = Judge(dataclasses.replace(cfg.judge, use_rubric=False), cfg.serialize, max_criteria=cfg.max_criteria,
                   seed=cfg.seed)
-    assert leaves_bytes(judge.state.params) != leaves_bytes(fresh.state.params)  # it was trained
+    untrained = leaves_bytes(fresh.state.params)
+    assert leaves_bytes(judge.state.params) != untrained  # it was trained
+    # ... as Judge.train_steps on the training pairs from the run's seed; the kept loss is its last step's
+    hist = fresh.train_steps(data.train, data.by_id, data.queries, None, steps=6, rng=np.random.default_rng(cfg.seed))
+    assert leaves_bytes(fresh.state.params) == leaves_bytes(judge.state.params)
+    assert out["train_loss"] == hist[-1]["loss"] and hist[-1]["loss"] != hist[1]["loss"]
     none = run_no_rubric(cfg, data, steps=0, log=lambda s: None)
-    assert none["steps"] == 0 and leaves_bytes(none["judge"].state.params) == leaves_bytes(fresh.state.params)
+    assert none["steps"] == 0 and leaves_bytes(none["judge"].state.params) == untrained
 
 
 # ------------------------------------------------------------------------------------ batch edges
@@ -141,14 +167,24 @@ def recorded_run(tmp_path_factory):
     cfg = RubricConfig(judge=JudgeConfig(model=TINY, batch_pairs=4, steps=12, lr=1e-2), rubricor=rc, rounds=1,
                        sft=False, split=[0.6, 0.2, 0.2], gate=GateConfig(prune=False), seed=3, out_dir=str(out))
     data = make_data(trajs, pairs, queries, cfg)
+    unparsable = set(data.split_queries("train")[:2])
+    profile = get_teacher("profile")
+
+    def teacher(q, *args, **kw):  # the profile teacher, but two training queries get a rubric without words
+        return Rubric(q, [Criterion("!!", 1.0)]) if q in unparsable else profile(q, *args, **kw)
+
+    register_teacher("test_partly_unparsable", teacher)
+    cfg = dataclasses.replace(cfg, teacher="test_partly_unparsable")
     lines: list[str] = []
     t0 = time.time()
-    res = run_alternating(cfg, data, log=lines.append)
-    return cfg, data, res, lines, time.time() - t0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_alternating(cfg, data, log=lines.append)
+    return cfg, data, res, lines, time.time() - t0, [w for w in caught if w.category is TeacherRubricWarning]
 
 
 def test_a_run_records_its_phases_gate_log_and_checkpoints_as_they_happened(recorded_run):
-    cfg, data, res, lines, wall = recorded_run
+    cfg, data, res, lines, wall, teacher_warnings = recorded_run
     judge, book = res["judge"], res["book"]
     assert [(r["phase"], r["round"]) for r in res["phases"]] == [("init", 0), ("judge", 1), ("rubricor", 1)]
     assert [(g["phase"], g["round"], g["accept"]) for g in res["gate"]] == [("judge", 1, True), ("rubricor", 1, False)]
@@ -203,6 +239,11 @@ def test_a_run_records_its_phases_gate_log_and_checkpoints_as_they_happened(reco
     for line, r in zip(lines, res["phases"]):
         assert f"round {r['round']} {r['phase']}: test acc {r['test']['acc']:.3f}" in line
     assert "gate ACCEPT" in lines[1] and "gate reject" in lines[2]
+    assert all(0 <= int(re.search(r"\((\d+)s\)$", line).group(1)) <= wall + 1 for line in lines)  # elapsed
+    # the two teacher rubrics that do not parse are counted and warned about, once
+    assert res["teacher_unparsed"] == 2 and len(teacher_warnings) == 1
+    n_train = len(data.split_queries("train"))
+    assert f"2 of {n_train} teacher rubrics do not parse" in str(teacher_warnings[0].message)
 
 
 # ------------------------------------------------------------------------------------ GRPO step, several pairs
@@ -297,10 +338,14 @@ def test_rejected_rubricor_phase_leaves_rubricor_judge_and_book_bit_identical():
     quiet = lambda s: None  # noqa: E731
 
     lines: list[str] = []
+    t0 = time.time()
     before = run_alternating(dataclasses.replace(cfg, rounds=0), data, log=lines.append)
-    # the Rubricor's SFT on the teacher rubrics ran first: its first and last loss, kept and logged
+    wall = time.time() - t0
+    # the Rubricor's SFT on the teacher rubrics ran first: its first and last loss, kept and logged with the
+    # time since the start
     first, last = before["sft_loss"]
     assert last < first and f"SFT loss {first:.3f} -> {last:.3f}" in lines[0]
+    assert 0 <= int(re.search(r"\((\d+)s\)$", lines[0]).group(1)) <= wall + 1
     rejected = run_alternating(cfg, data, log=quiet)
     kept = run_alternating(dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, enabled=False)), data, log=quiet)
     assert [g["accept"] for g in rejected["gate"]] == [False, False]
