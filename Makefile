@@ -48,4 +48,4 @@ mutants: $(VENV)/.installed-dev
 	PY=$(abspath $(BIN))/python SAMPLE=$(SAMPLE) $(if $(MODULES),MODULES="$(MODULES)") bash scripts/mutants.sh
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .cache
