@@ -17,6 +17,18 @@ around one ``=``, the step a correct solution writes, which is what the toy worl
 at most ``max_criterion_chars`` characters, no control characters,
 and must not repeat another criterion of the same rubric (case-insensitively).
 
+**The ``steps`` format** (:func:`parse_steps` / :func:`format_steps`; ``rubricor.output: steps``): one
+criterion per non-blank line, no numbers and no weights (equal weights), written as a toy model writes a
+solution, steps separated by a blank line::
+
+    7 + 5 = 12
+
+    12 - 3 = 9
+
+A Rubricor that is the task's own solver (``toy:large``, prompt ``solve``) then writes checkpoint rubrics in
+the format it learnt the arithmetic in. The criterion checks are the same. :data:`RUBRIC_FORMATS` maps
+``rubricor.output`` names to formats.
+
 :func:`parse_rubric` never raises on text: it returns a :class:`ParseResult` whose ``rubric`` is None and
 ``reason`` says why when the text is malformed (empty, not a string, too long, too many criteria, a bad
 line, a bad weight, ...). The length check runs before any pattern matching, so adversarial inputs (huge,
@@ -29,6 +41,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Callable
 
 from roro_jax.types import Criterion, Rubric
 
@@ -70,17 +83,9 @@ def parse_rubric(text, query_id: str = "", limits: RubricLimits = RubricLimits()
 
     Never raises for any ``text`` (non-strings are rejected as ``"not text"``).
     """
-    if not isinstance(text, str):
-        return ParseResult(None, f"not text ({type(text).__name__})")
-    if len(text) > limits.max_total_chars:
-        return ParseResult(None, f"too long ({len(text)} > {limits.max_total_chars} characters)")
-    if "\x00" in text:
-        return ParseResult(None, "non-text (NUL byte)")
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return ParseResult(None, "empty")
-    if len(lines) > limits.max_criteria:
-        return ParseResult(None, f"too many criteria ({len(lines)} lines > {limits.max_criteria})")
+    lines, why = _lines(text, limits)
+    if lines is None:
+        return ParseResult(None, why)
     criteria: list[Criterion] = []
     seen: set[str] = set()
     for k, ln in enumerate(lines, 1):
@@ -96,19 +101,31 @@ def parse_rubric(text, query_id: str = "", limits: RubricLimits = RubricLimits()
             return ParseResult(None, f"criterion {k}: weight {w_txt!r} is not a number")
         if not math.isfinite(w) or w <= 0 or w > limits.max_weight:
             return ParseResult(None, f"criterion {k}: weight {w_txt} outside (0, {limits.max_weight:g}]")
-        if not body:
-            return ParseResult(None, f"criterion {k}: empty text")
-        if len(body) > limits.max_criterion_chars:
-            return ParseResult(None, f"criterion {k}: too long ({len(body)} > {limits.max_criterion_chars} characters)")
-        if _has_control(body):
-            return ParseResult(None, f"criterion {k}: non-text (control characters)")
-        if not any(ch.isalpha() for ch in body) and not _EQUATION.fullmatch(body):
-            return ParseResult(None, f"criterion {k}: no words (and not an arithmetic step such as '7 + 5 = 12')")
-        key = " ".join(body.lower().split())
-        if key in seen:
-            return ParseResult(None, f"criterion {k}: repeats an earlier criterion")
-        seen.add(key)
+        why = _bad_body(k, body, limits, seen)
+        if why:
+            return ParseResult(None, why)
         criteria.append(Criterion(body, w))
+    return _finish(criteria, query_id, text, limits)
+
+
+def _bad_body(k: int, body: str, limits: RubricLimits, seen: set[str]) -> str | None:
+    """Why criterion ``k``'s text is rejected (None if it is accepted; its key then joins ``seen``)."""
+    if not body:
+        return f"criterion {k}: empty text"
+    if len(body) > limits.max_criterion_chars:
+        return f"criterion {k}: too long ({len(body)} > {limits.max_criterion_chars} characters)"
+    if _has_control(body):
+        return f"criterion {k}: non-text (control characters)"
+    if not any(ch.isalpha() for ch in body) and not _EQUATION.fullmatch(body):
+        return f"criterion {k}: no words (and not an arithmetic step such as '7 + 5 = 12')"
+    key = " ".join(body.lower().split())
+    if key in seen:
+        return f"criterion {k}: repeats an earlier criterion"
+    seen.add(key)
+    return None
+
+
+def _finish(criteria: list[Criterion], query_id, text: str, limits: RubricLimits) -> ParseResult:
     if len(criteria) < limits.min_criteria:
         return ParseResult(None, f"too few criteria ({len(criteria)} < {limits.min_criteria})")
     total = sum(c.weight for c in criteria)
@@ -116,9 +133,70 @@ def parse_rubric(text, query_id: str = "", limits: RubricLimits = RubricLimits()
     return ParseResult(Rubric(query_id=str(query_id), criteria=criteria, raw=text), "ok")
 
 
+def _lines(text, limits: RubricLimits) -> tuple[list[str] | None, str]:
+    """The non-blank lines of ``text``, or None and why it is rejected before any line is read."""
+    if not isinstance(text, str):
+        return None, f"not text ({type(text).__name__})"
+    if len(text) > limits.max_total_chars:
+        return None, f"too long ({len(text)} > {limits.max_total_chars} characters)"
+    if "\x00" in text:
+        return None, "non-text (NUL byte)"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return None, "empty"
+    if len(lines) > limits.max_criteria:
+        return None, f"too many criteria ({len(lines)} lines > {limits.max_criteria})"
+    return lines, "ok"
+
+
 def format_rubric(rubric: Rubric, digits: int = 2) -> str:
     """The rubric as text in the grammar :func:`parse_rubric` reads (round trip up to weight rounding)."""
     return "".join(f"{i}. [w={c.weight:.{digits}f}] {c.text}\n" for i, c in enumerate(rubric.criteria, 1))
+
+
+def parse_steps(text, query_id: str = "", limits: RubricLimits = RubricLimits()) -> ParseResult:
+    """Parse the ``steps`` format: one criterion per non-blank line, equal weights (see the module
+    docstring); the criterion checks of :func:`parse_rubric`. Never raises for any ``text``."""
+    lines, why = _lines(text, limits)
+    if lines is None:
+        return ParseResult(None, why)
+    seen: set[str] = set()
+    criteria = []
+    for k, ln in enumerate(lines, 1):
+        body = ln.strip()
+        why = _bad_body(k, body, limits, seen)
+        if why:
+            return ParseResult(None, why)
+        criteria.append(Criterion(body, 1.0))
+    return _finish(criteria, query_id, text, limits)
+
+
+def format_steps(rubric: Rubric) -> str:
+    """The rubric in the ``steps`` format: criterion texts separated by blank lines (weights are not
+    written: :func:`parse_steps` reads equal weights)."""
+    return "\n\n".join(c.text for c in rubric.criteria)
+
+
+@dataclass(frozen=True)
+class RubricFormat:
+    """A rubric text format: ``write(rubric) -> text`` and ``parse(text, query_id, limits) -> ParseResult``
+    (never raising on text; ``parse(write(r))`` gives back ``r``'s criteria)."""
+
+    write: Callable[[Rubric], str]
+    parse: Callable[..., ParseResult]
+
+
+# rubricor.output -> the text format the Rubricor writes (its SFT targets and the parser of its output)
+RUBRIC_FORMATS: dict[str, RubricFormat] = {
+    "numbered": RubricFormat(format_rubric, parse_rubric),
+    "steps": RubricFormat(format_steps, parse_steps),
+}
+
+
+def get_format(name: str) -> RubricFormat:
+    if name not in RUBRIC_FORMATS:
+        raise KeyError(f"unknown rubric format {name!r}; known: {sorted(RUBRIC_FORMATS)}")
+    return RUBRIC_FORMATS[name]
 
 
 def normalise_weights(rubric: Rubric) -> Rubric:

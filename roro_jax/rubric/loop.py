@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from roro_jax.pairs import process_quality
-from roro_jax.rubric.format import RubricLimits, criterion_key, format_rubric, parse_rubric, prune_rubric
+from roro_jax.rubric.format import RubricLimits, criterion_key, format_rubric, get_format, prune_rubric
 from roro_jax.rubric.gate import GateConfig, GateLog, criteria_to_prune, criterion_stats, gated_phase
 from roro_jax.rubric.judge import Judge, JudgeConfig, pair_correct
 from roro_jax.rubric.rubricor import Rubricor, RubricorConfig, rubric_reward
@@ -184,14 +184,17 @@ class TeacherRubricWarning(UserWarning):
     """Teacher rubrics (the Rubricor's SFT targets) that the rubric parser rejects."""
 
 
-def check_teacher_rubrics(teacher: dict[str, Rubric], limits: RubricLimits, name: str) -> dict[str, str]:
+def check_teacher_rubrics(teacher: dict[str, Rubric], limits: RubricLimits, name: str,
+                          output: str = "numbered") -> dict[str, str]:
     """Query id -> parser's reason, for the teacher rubrics that would not parse as the Rubricor's output.
 
     A Rubricor fine-tuned on such targets writes rubrics the book rejects, so every query falls back to the
-    profile rubric while the run looks healthy; this warns (:class:`TeacherRubricWarning`) with the count."""
+    profile rubric while the run looks healthy; this warns (:class:`TeacherRubricWarning`) with the count.
+    ``output``: the Rubricor's text format (a name in :data:`~roro_jax.rubric.format.RUBRIC_FORMATS`)."""
+    fmt = get_format(output)
     bad = {}
     for q, rub in teacher.items():
-        pr = parse_rubric(format_rubric(rub), q, limits)
+        pr = fmt.parse(fmt.write(rub), q, limits)
         if not pr.ok:
             bad[q] = pr.reason
     if bad:
@@ -264,7 +267,7 @@ def run_alternating(cfg: RubricConfig, data: RubricData, *, log: Callable[[str],
     teach = get_teacher(cfg.teacher)
     teacher = {q: teach(q, data.queries[q], data.probes[q], tr_by_q.get(q, ()), data.by_id,
                         max_criteria=cfg.max_criteria) for q in train_q}
-    bad_teacher = check_teacher_rubrics(teacher, limits, cfg.teacher)
+    bad_teacher = check_teacher_rubrics(teacher, limits, cfg.teacher, cfg.rubricor.output)
     # a malformed rubric falls back to the pair-free profile rubric (never to ground truth)
     fallback = {q: get_teacher("profile")(q, data.queries[q], data.probes[q], max_criteria=cfg.max_criteria)
                 for q in data.query_ids}
@@ -275,7 +278,7 @@ def run_alternating(cfg: RubricConfig, data: RubricData, *, log: Callable[[str],
                                "teacher_unparsed": len(bad_teacher)}
     if cfg.sft:
         prompts = [rubricor.prompt_ids(data.queries[q], data.summaries[q]) for q in train_q]
-        targets = [format_rubric(teacher[q]) for q in train_q]
+        targets = [rubricor.format_target(teacher[q]) for q in train_q]
         losses = rubricor.sft(prompts, targets, steps=cfg.rubricor.sft_steps, rng=rng)
         results["sft_loss"] = [losses[0], losses[-1]] if losses else []
         log(f"[seed {cfg.seed}] SFT loss {losses[0]:.3f} -> {losses[-1]:.3f} ({time.time() - t0:.0f}s)")
@@ -355,7 +358,7 @@ def grpo_step(rubricor: Rubricor, judge: Judge, data: RubricData, batch_q: Seque
         qids += [q] * G
     seeds = rng.integers(0, 2**31 - 1, size=len(prompts))
     outs = rubricor.generate(prompts, temperature=rc.temperature, seeds=seeds)
-    parsed = [parse_rubric(text, q, cfg.limits()) for (_, text), q in zip(outs, qids)]
+    parsed = [rubricor.parse(text, q) for (_, text), q in zip(outs, qids)]
     # the query's reward pairs: a fixed subsample shared by its G samples
     reward_pairs = {}
     for q in batch_q:

@@ -5,11 +5,16 @@
 * ``problem``: ``[BOS] query "\\n\\nR:\\n"``: the Rubricor reads the problem itself, as a pretrained LM
   (e.g. the toy world's large model, ``model.path: toy:large``) that can work it out, and writes
   checkpoints a correct route passes (teacher ``checkpoints``: the reference step after each operation);
+* ``solve``: ``[BOS] query "\\n\\n"``: the problem exactly as the toy world's models are prompted to solve it
+  (:func:`roro_jax.tasks.toy.prompt_text`), so a Rubricor that is the task's solver (``toy:large``) writing in
+  the ``steps`` format (``output: steps``) does the arithmetic it was trained on;
 * ``profile``: ``[BOS] "Q:" query "\\nP:" summary "\\nR:\\n"`` where ``summary`` is
   :func:`~roro_jax.rubric.serialize.query_summary` of the query's trajectories: the small model's
   per-step confidence profile (no outcomes), for rubrics about where the small model hesitates.
 
-The completion is the rubric text in the grammar of :mod:`roro_jax.rubric.format`, ended by EOS.
+The completion is the rubric text in the format ``output`` (a name in
+:data:`~roro_jax.rubric.format.RUBRIC_FORMATS`: ``numbered``, the weighted numbered list of
+:mod:`roro_jax.rubric.format`, or ``steps``, one criterion per blank-line-separated step), ended by EOS.
 
 **SFT.** Token-mean negative log-likelihood of the teacher rubric's tokens (and EOS) given the prompt.
 
@@ -45,7 +50,7 @@ from roro_jax.models.score import token_logprobs
 from roro_jax.rl.advantages import group_advantages
 from roro_jax.rl.losses import POLICY_LOSSES, finalize_terms, safe_div
 from roro_jax.rl.update import MODES, TrainState, init_state, make_optimizer, make_update
-from roro_jax.rubric.format import ParseResult, RubricLimits, parse_rubric
+from roro_jax.rubric.format import RUBRIC_FORMATS, ParseResult, RubricLimits, get_format
 from roro_jax.rubric.judge import copy_tree
 from roro_jax.rubric.lm import LMSpec, bos, build_lm, encode, trainable_filter
 from roro_jax.rubric.serialize import SerializeConfig, serialize_query
@@ -59,15 +64,22 @@ def _problem_prompt(query: str, summary: str, ser: SerializeConfig) -> str:
     return serialize_query(query, ser) + "\n\nR:\n"
 
 
+def _solve_prompt(query: str, summary: str, ser: SerializeConfig) -> str:
+    return serialize_query(query, ser) + "\n\n"
+
+
 # rubricor.prompt -> (query text, confidence-profile summary, serialisation config) -> prompt text (BOS first)
 PROMPTS: dict[str, Callable[[str, str, SerializeConfig], str]] = {"profile": _profile_prompt,
-                                                                   "problem": _problem_prompt}
+                                                                   "problem": _problem_prompt,
+                                                                   "solve": _solve_prompt}
 
 
 @dataclass
 class RubricorConfig:
     model: LMSpec = field(default_factory=LMSpec)
-    prompt: str = field(default="profile", metadata={"registry": lambda: sorted(PROMPTS)})  # profile | problem
+    prompt: str = field(default="profile", metadata={"registry": lambda: sorted(PROMPTS)})  # profile | problem | solve
+    # the rubric text format it writes (SFT targets, parser): numbered | steps (roro_jax.rubric.format)
+    output: str = field(default="numbered", metadata={"registry": lambda: sorted(RUBRIC_FORMATS)})
     sft_steps: int = 200
     sft_lr: float = 3e-3
     sft_batch: int = 16
@@ -198,6 +210,14 @@ class Rubricor:
             raise KeyError(f"unknown Rubricor prompt {self.cfg.prompt!r}; known: {sorted(PROMPTS)}")
         return bos(self.tokenizer) + encode(self.tokenizer, PROMPTS[self.cfg.prompt](query, summary, self.ser))
 
+    def format_target(self, rubric) -> str:
+        """A (teacher) rubric as an SFT target in this Rubricor's output format."""
+        return get_format(self.cfg.output).write(rubric)
+
+    def parse(self, text, query_id: str) -> ParseResult:
+        """This Rubricor's output text as a rubric (its output format's parser; never raises)."""
+        return get_format(self.cfg.output).parse(text, query_id, self.limits)
+
     def _pack(self, prompts: Sequence[list[int]], completions: Sequence[list[int]]):
         seqs = [p + c for p, c in zip(prompts, completions)]
         length = round_up(max(len(s) for s in seqs), 32)
@@ -244,7 +264,7 @@ class Rubricor:
     def write(self, prompts: Sequence[list[int]], query_ids: Sequence[str]) -> list[ParseResult]:
         """Greedy rubrics for the prompts, parsed."""
         outs = self.generate(prompts, temperature=0.0, seeds=[0] * len(prompts))
-        return [parse_rubric(text, q, self.limits) for (_, text), q in zip(outs, query_ids)]
+        return [self.parse(text, q) for (_, text), q in zip(outs, query_ids)]
 
     # -- GRPO
     def _logp_impl(self, params, frozen, tokens, attn):

@@ -122,3 +122,40 @@ def test_unlabelled_checkpoint_rubrics_parse_and_the_loop_warns_on_teachers_that
     with pytest.warns(TeacherRubricWarning, match=r"rubric.teacher=mine: 1 of 4 teacher rubrics do not parse"):
         bad = check_teacher_rubrics(teacher, limits, "mine")
     assert list(bad) == ["bad"] and "no words" in bad["bad"]
+
+
+def test_rubricor_solve_prompt_is_the_prompt_the_toy_models_solve_from():
+    ser = SerializeConfig(query_chars=64)
+    problem = toy.generate(1, seed=3)[0]
+    text = PROMPTS["solve"](problem.question, "n4 9939", ser)
+    assert text == toy.prompt_text(problem) and "9939" not in text and "R:" not in text
+
+
+def test_the_toy_solver_writes_checkpoint_rubrics_in_the_steps_format_and_not_in_the_numbered_one():
+    """The shipped toy large model, read as a Rubricor before any fine-tuning: from the ``solve`` prompt in
+    the ``steps`` format it writes the problem's checkpoint rubric (the arithmetic it was trained on);
+    from the ``problem`` prompt in the numbered grammar it writes no rubric at all (there is nothing to
+    transfer: SFT must teach it the arithmetic again, in a new format, from a few dozen examples)."""
+    from roro_jax.rubric.format import RubricLimits
+    from roro_jax.rubric.lm import LMSpec
+    from roro_jax.rubric.rubricor import Rubricor, RubricorConfig
+
+    ser = SerializeConfig(style="reasoning", max_chars=400, query_chars=64)
+    limits = RubricLimits(max_criteria=6, max_criterion_chars=80)
+    from roro_jax.worlds.toy import toy_heldout
+
+    problems = toy_heldout(12)  # held-out problems of the task the shipped models were trained on
+    qids = [str(p.id) for p in problems]
+    want = [[c.text for c in checkpoint_rubric(q, p.question, max_criteria=6).criteria]
+            for q, p in zip(qids, problems)]
+
+    def written(prompt, output):
+        rub = Rubricor(RubricorConfig(model=LMSpec(path="toy:large"), prompt=prompt, output=output,
+                                      max_new_tokens=64), ser, limits)
+        return rub.write([rub.prompt_ids(p.question, "") for p in problems], qids)
+
+    solve = written("solve", "steps")
+    # every step the reference writes, in order (the untuned solver then also writes its "Answer: N" line)
+    hits = [pr.ok and [c.text for c in pr.rubric.criteria][:len(w)] == w for pr, w in zip(solve, want)]
+    assert sum(hits) >= 10, [pr.rubric.raw if pr.ok else pr.reason for pr in solve]
+    assert not any(pr.ok for pr in written("problem", "numbered"))

@@ -94,3 +94,43 @@ def test_arithmetic_checkpoints_parse():
     r = parse_rubric("1. [w=0.33] 7 + 5 = 12\n2. [w=0.33] 12 - 19 = -7\n3. [w=0.33] (2 * 3) / 4 = 1.5\n")
     assert r.ok, r.reason
     assert [c.text for c in r.rubric.criteria] == ["7 + 5 = 12", "12 - 19 = -7", "(2 * 3) / 4 = 1.5"]
+
+
+def test_steps_format_round_trips_with_equal_weights():
+    """``steps``: the toy models' solution format, one criterion per blank-line-separated step."""
+    from roro_jax.rubric.format import format_steps, parse_steps
+
+    rub = Rubric("q", [Criterion("7 + 5 = 12", 0.2), Criterion("12 - 3 = 9", 0.8)])
+    text = format_steps(rub)
+    assert text == "7 + 5 = 12\n\n12 - 3 = 9"
+    back = parse_steps(text, "q")
+    assert back.ok and back.rubric.raw == text and back.rubric.query_id == "q"
+    assert [(c.text, c.weight) for c in back.rubric.criteria] == [("7 + 5 = 12", 0.5), ("12 - 3 = 9", 0.5)]
+    # the numbered grammar is not the steps format, and the other way round
+    assert not parse_rubric(text).ok
+    assert parse_steps("1. [w=0.5] 7 + 5 = 12").rubric.criteria[0].text == "1. [w=0.5] 7 + 5 = 12"
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("", "empty"), ("\n\n  \n", "empty"), (None, "not text"), ("a\x00b", "NUL"),
+    ("1 + 1 = 2\n\n2 + 1 = 3\n\n3 + 1 = 4\n\n4 + 1 = 5\n\n5 + 1 = 6", "too many criteria"),
+    ("7 + 5 = 12\n\n7 + 5 =  12", "repeats"), ("7 + 5 = 12\n\n!!", "criterion 2: no words"),
+    ("x" * 81, "too long"),
+])
+def test_steps_format_rejects_what_the_numbered_grammar_rejects(text, reason):
+    from roro_jax.rubric.format import parse_steps
+
+    r = parse_steps(text, "q", RubricLimits(max_criteria=4, max_criterion_chars=80))
+    assert not r.ok and r.rubric is None and reason in r.reason, r.reason
+
+
+def test_rubric_formats_registry():
+    from roro_jax.rubric.format import RUBRIC_FORMATS, get_format
+
+    assert set(RUBRIC_FORMATS) >= {"numbered", "steps"}
+    rub = Rubric("q", [Criterion("Escalates step 2.", 0.25), Criterion("7 + 5 = 12", 0.75)])
+    for name, fmt in RUBRIC_FORMATS.items():
+        back = fmt.parse(fmt.write(rub), "q", RubricLimits())
+        assert back.ok and [c.text for c in back.rubric.criteria] == [c.text for c in rub.criteria], name
+    with pytest.raises(KeyError, match="unknown rubric format 'nope'"):
+        get_format("nope")
