@@ -19,11 +19,10 @@ import numpy as np
 
 from roro_jax.config import load_config
 from roro_jax.pairs import read_pairs
-from roro_jax.rubric.format import format_rubric
 from roro_jax.rubric.judge import Judge, pair_correct
 from roro_jax.rubric.loop import accuracy_report, make_data, write_rubrics, run_no_rubric
 from roro_jax.rubric.rubricor import Rubricor
-from roro_jax.rubric.teacher import checkpoint_rubric, reference_steps
+from roro_jax.rubric.teacher import checkpoint_rubric
 from roro_jax.store import read_trajectory_file
 
 run = Path(sys.argv[1])
@@ -95,9 +94,9 @@ if "norubric" in what:
         out["no_rubric_test"] = nr["test"]
     print(json.dumps({k: v for k, v in out.items() if k.startswith("no_rubric")}, indent=1), flush=True)
 
-print(json.dumps(out))
-
 if "stagejudge" in what:  # the Judge as the stage trains it: on the Rubricor's rubrics (profile fallback)
+    if "rubricor" not in what:
+        sys.exit("stagejudge reads the rubrics that the rubricor part writes: give rubricor,stagejudge")
     from roro_jax.rubric.teacher import get_teacher
     book2 = {q: (book[q] if book[q] is not None else
                  get_teacher("profile")(q, data.queries[q], data.probes[q], max_criteria=rc.max_criteria))
@@ -106,4 +105,7 @@ if "stagejudge" in what:  # the Judge as the stage trains it: on the Rubricor's 
     judge.train_steps(data.train, data.by_id, data.queries, book2, steps=rc.judge.steps,
                       rng=np.random.default_rng(rc.seed))
     c = pair_correct(judge, data.val, data.by_id, data.queries, book2)[0]
-    print("STAGEJUDGE_VAL", json.dumps(accuracy_report(c, data.val)), flush=True)
+    out["stagejudge_val"] = accuracy_report(c, data.val)
+    print("STAGEJUDGE_VAL", json.dumps(out["stagejudge_val"]), flush=True)
+
+print(json.dumps(out))
