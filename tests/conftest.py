@@ -18,6 +18,10 @@ if _jax_cache != "off":
     _jax_cache = _jax_cache or str(Path(__file__).resolve().parents[1] / ".cache" / "jax-tests")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _jax_cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # A size bound turns on JAX's file lock around every cache read and write: the suite's workers
+    # (pytest-xdist, `make test`) and the processes the tests start share the folder, and an unlocked
+    # write can be read half-written by another process.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import pytest
 
