@@ -415,6 +415,7 @@ def test_cli_subprocess_bad_trajectories_one_line_no_traceback(tmp_path):
     (["config", "-c", str(BAD / "config_bad_choice.yaml")], "config_bad_choice.yaml"),
     (["config", "-c", str(BAD / "config_yaml_syntax.yaml")], "config_yaml_syntax.yaml"),
     (["config", "rubric.rubricor.output=nope"], "config key 'rubric.rubricor.output' (command line): 'nope' is not"),
+    (["config", "rubric.judge.layout=nope"], "config key 'rubric.judge.layout' (command line): 'nope' is not"),
     (["config", "rubric.rubricor.prompt=nope"], "config key 'rubric.rubricor.prompt' (command line): 'nope' is not"),
 ])
 def test_cli_in_process_bad_input_exits_2_with_one_line(argv, says, tmp_path, capsys):

@@ -7,6 +7,14 @@ and concatenated, so marker positions are exact for any tokenizer. The model rea
 and the trajectory's score is ``s = Σ_k w_k p_k`` with the rubric's weights (normalised to sum 1), so
 ``s ∈ [0, 1]``. A causal LM sees the whole trajectory (and the earlier criteria) at every marker.
 
+**Layouts** (``judge.layout``, a name in :data:`JUDGE_LAYOUTS`; :func:`register_layout` adds one):
+``after`` is the input above (the criteria after the whole trajectory). ``interleaved`` is for checkpoint
+rubrics, one criterion per reference step (the toy worlds' ``checkpoints`` teacher and a Rubricor with
+``output: steps``): criterion k is read right after step k, ``[BOS] "Q:" query "\n" header "\n"`` then per
+step its line and, while criteria remain, ``"R: " + text + " ?" + "\n"``; criteria beyond the route's
+last step follow it. A small backbone then compares a step with its checkpoint where both sit side by
+side instead of finding the step in a 400-character trajectory. Steps are not truncated in this layout.
+
 **No-rubric ablation** (``use_rubric=False``): the same backbone and head read one marker after
 ``"S ?"``; ``s = sigmoid(logit)``.
 
@@ -36,7 +44,7 @@ from roro_jax.models.score import ScoreModel
 from roro_jax.rl.losses import bradley_terry_loss, safe_div
 from roro_jax.rl.update import MODES, TrainState, init_state, make_optimizer, make_update
 from roro_jax.rubric.lm import LMSpec, bos, build_lm, encode, trainable_filter
-from roro_jax.rubric.serialize import SerializeConfig, serialize_query, serialize_trajectory
+from roro_jax.rubric.serialize import SerializeConfig, header, serialize_query, serialize_trajectory, step_line
 from roro_jax.types import PreferencePair, Rubric, Trajectory
 
 MARKER = " ?"
@@ -60,15 +68,22 @@ class JudgeConfig:
     parallel: str = field(default="single", metadata={"choices": MODES})
     kind_weights: str = "none"  # none | balanced (pair weight ∝ 1 / count of its kind: kinds weigh equally)
     len_multiple: int = 32  # sequence lengths are padded up to a multiple of this
+    # where the criteria sit in the Judge's input: a name in JUDGE_LAYOUTS (after | interleaved)
+    layout: str = field(default="after", metadata={"registry": lambda: sorted(JUDGE_LAYOUTS)})
 
 
 # ------------------------------------------------------------------------------------------ encoding
 
+Encoded = tuple[list[int], list[int], list[float]]  # (token ids, marker positions, criterion weights)
+
+
 class JudgeEncoder:
     """Token ids and marker positions of Judge inputs; caches the pieces (queries, trajectories, criteria)."""
 
-    def __init__(self, tokenizer, serialize: SerializeConfig, *, use_rubric: bool = True, max_criteria: int = 6):
+    def __init__(self, tokenizer, serialize: SerializeConfig, *, use_rubric: bool = True, max_criteria: int = 6,
+                 layout: str = "after"):
         self.tok, self.ser, self.use_rubric, self.max_criteria = tokenizer, serialize, use_rubric, max_criteria
+        self.layout = get_layout(layout)
         self._cache: dict[str, list[int]] = {}
         self._marker = encode(tokenizer, MARKER)
         self._nl = encode(tokenizer, "\n")
@@ -84,31 +99,80 @@ class JudgeEncoder:
             ids = self._cache[text] = encode(self.tok, text)
         return ids
 
-    def encode(self, query: str, rubric: Rubric | None, traj: Trajectory) -> tuple[list[int], list[int], list[float]]:
-        """``(ids, marker positions, weights)`` of one Judge input."""
-        ids = bos(self.tok) + self._enc("Q:" + serialize_query(query, self.ser) + "\n")
-        ids = ids + self._enc(serialize_trajectory(traj, self.ser) + "\nR:\n")
-        pos, w = [], []
-        if self.use_rubric:
-            if rubric is None or not rubric.criteria:
-                raise ValueError(f"the rubric Judge needs a rubric with criteria for query {traj.query_id}")
-            for c in rubric.criteria[:self.max_criteria]:
-                ids = ids + self._enc(c.text) + self._marker
-                pos.append(len(ids) - 1)
-                w.append(float(c.weight))
-                ids = ids + self._nl
-        else:
+    def criteria(self, rubric: Rubric | None, traj: Trajectory):
+        """The criteria the rubric Judge reads (at most ``max_criteria``); an error without any."""
+        if rubric is None or not rubric.criteria:
+            raise ValueError(f"the rubric Judge needs a rubric with criteria for query {traj.query_id}")
+        return rubric.criteria[:self.max_criteria]
+
+    def criterion(self, ids: list[int], pos: list[int], w: list[float], text: str, weight: float) -> list[int]:
+        """``ids`` + the criterion's text and marker + newline; its marker position and weight appended."""
+        ids = ids + self._enc(text) + self._marker
+        pos.append(len(ids) - 1)
+        w.append(float(weight))
+        return ids + self._nl
+
+    def encode(self, query: str, rubric: Rubric | None, traj: Trajectory) -> Encoded:
+        """``(ids, marker positions, weights)`` of one Judge input (per the layout; the no-rubric Judge reads
+        one marker after ``"S"``)."""
+        if not self.use_rubric:
+            ids = bos(self.tok) + self._enc("Q:" + serialize_query(query, self.ser) + "\n")
+            ids = ids + self._enc(serialize_trajectory(traj, self.ser) + "\nR:\n")
             ids = ids + self._enc("S") + self._marker
-            pos.append(len(ids) - 1)
-            w.append(1.0)
-        return ids, pos, w
+            return ids, [len(ids) - 1], [1.0]
+        return self.layout(self, query, rubric, traj)
 
     @property
     def n_outputs(self) -> int:
         return self.max_criteria if self.use_rubric else 1
 
 
-def pad_inputs(encoded: Sequence[tuple[list[int], list[int], list[float]]], k: int, *, len_multiple: int = 32,
+def layout_after(enc: JudgeEncoder, query: str, rubric: Rubric | None, traj: Trajectory) -> Encoded:
+    """Query, the (truncated) trajectory, ``"R:"``, then every criterion with its marker."""
+    ids = bos(enc.tok) + enc._enc("Q:" + serialize_query(query, enc.ser) + "\n")
+    ids = ids + enc._enc(serialize_trajectory(traj, enc.ser) + "\nR:\n")
+    pos: list[int] = []
+    w: list[float] = []
+    for c in enc.criteria(rubric, traj):
+        ids = enc.criterion(ids, pos, w, c.text, c.weight)
+    return ids, pos, w
+
+
+def layout_interleaved(enc: JudgeEncoder, query: str, rubric: Rubric | None, traj: Trajectory) -> Encoded:
+    """Query, header, then each step's line followed by its criterion (``"R: " + text``); criteria left
+    when the steps run out follow the last step."""
+    crit = list(enc.criteria(rubric, traj))
+    ids = bos(enc.tok) + enc._enc("Q:" + serialize_query(query, enc.ser) + "\n") + enc._enc(header(traj) + "\n")
+    pos: list[int] = []
+    w: list[float] = []
+    for t in range(len(traj.steps)):
+        line = step_line(traj, t, enc.ser)
+        ids = ids + enc._enc(line if line.endswith("\n") else line + "\n")
+        if t < len(crit):
+            ids = enc.criterion(ids, pos, w, "R: " + crit[t].text, crit[t].weight)
+    for c in crit[len(traj.steps):]:
+        ids = enc.criterion(ids, pos, w, "R: " + c.text, c.weight)
+    return ids, pos, w
+
+
+JUDGE_LAYOUTS: dict[str, Callable[[JudgeEncoder, str, Rubric | None, Trajectory], Encoded]] = {
+    "after": layout_after,
+    "interleaved": layout_interleaved,
+}
+
+
+def register_layout(name: str, fn: Callable[[JudgeEncoder, str, Rubric | None, Trajectory], Encoded]) -> None:
+    """Add a Judge input layout: ``fn(encoder, query, rubric, trajectory) -> (ids, marker positions, weights)``."""
+    JUDGE_LAYOUTS[name] = fn
+
+
+def get_layout(name: str):
+    if name not in JUDGE_LAYOUTS:
+        raise KeyError(f"unknown Judge layout {name!r}; known: {sorted(JUDGE_LAYOUTS)}")
+    return JUDGE_LAYOUTS[name]
+
+
+def pad_inputs(encoded: Sequence[Encoded], k: int, *, len_multiple: int = 32,
                rows: int | None = None, pad_id: int = 0) -> dict[str, np.ndarray]:
     """Right-padded arrays: ``ids`` [B, L] int32, ``mask`` [B, L] bool, ``pos`` [B, K] int32, ``w`` [B, K].
 
@@ -237,7 +301,8 @@ class Judge:
                  mesh: Mesh | None = None):
         self.cfg, self.max_criteria, self.seed = cfg, max_criteria, seed
         model, self.tokenizer = build_judge(cfg, seed=seed)
-        self.encoder = JudgeEncoder(self.tokenizer, serialize, use_rubric=cfg.use_rubric, max_criteria=max_criteria)
+        self.encoder = JudgeEncoder(self.tokenizer, serialize, use_rubric=cfg.use_rubric, max_criteria=max_criteria,
+                                    layout=cfg.layout)
         self.graphdef, params, self.frozen = split_judge(model, cfg)
         self.tx = judge_optimizer(cfg)
         self.state = init_state(params, self.tx)

@@ -178,6 +178,11 @@ def _render(traj: Trajectory, keep: Sequence[int], cfg: SerializeConfig, st: Sty
     return st.join.join(parts)
 
 
+def step_line(traj: Trajectory, t: int, cfg: SerializeConfig = SerializeConfig()) -> str:
+    """Step ``t`` alone, rendered in the configured style (no truncation)."""
+    return _style(cfg).step(traj, t, cfg)
+
+
 def serialize_steps(traj: Trajectory, cfg: SerializeConfig = SerializeConfig()) -> str:
     """The step part only (no header), truncated to ``cfg.max_chars``."""
     st = _style(cfg)

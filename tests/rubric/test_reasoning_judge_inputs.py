@@ -60,6 +60,35 @@ def test_judge_input_holds_the_problem_and_every_step_text():
         assert tok.decode(ids[:p + 1]).endswith(crit + " ?")
 
 
+def test_interleaved_layout_reads_each_checkpoint_right_after_its_step():
+    """``judge.layout=interleaved``: criterion k's marker closes the line after step k; criteria past the
+    route's last step follow it; the no-rubric Judge reads the same input in every layout."""
+    tok = char_tokenizer()
+    ser = SerializeConfig(style="reasoning", max_chars=400, query_chars=64)
+    t = route(["a 5 + 5 = 11", "b 11 + 6 = 17", "Answer: 17"], esc=(1,), small_texts={1: "b 11 + 6 = 18\n\n"})
+    enc = JudgeEncoder(tok, ser, use_rubric=True, max_criteria=6, layout="interleaved")
+    rub = checkpoint_rubric("q1", Q)
+    ids, pos, w = enc.encode(Q, rub, t)
+    text = tok.decode(ids)
+    assert text.splitlines() == ["<s>Q:" + Q, "n3 e1 L12 S36 f-",
+                                 "s13 a 5 + 5 = 11", "R: a 5 + 5 = 10 ?",
+                                 "L13 b 11 + 6 = 17 | s: b 11 + 6 = 18", "R: b 10 + 6 = 16 ?",
+                                 "s13 Answer: 17", "R: c 16 - 2 = 14 ?"]
+    assert len(pos) == 3 and np.allclose(w, [1 / 3] * 3)
+    for p, crit in zip(pos, [c.text for c in rub.criteria]):
+        assert tok.decode(ids[:p + 1]).endswith("R: " + crit + " ?")
+    # a route longer than the rubric: steps after the last criterion carry no marker
+    long = route(["a 5 + 5 = 10", "b 10 + 6 = 16", "c 16 - 2 = 14", "Answer: 14"])
+    ids, pos, _ = enc.encode(Q, rub, long)
+    assert tok.decode(ids).endswith("R: c 16 - 2 = 14 ?\ns13 Answer: 14\n") and len(pos) == 3
+    plain = [JudgeEncoder(tok, ser, use_rubric=False, layout=name).encode(Q, None, t) for name in ("after", "interleaved")]
+    assert plain[0] == plain[1]
+    with pytest.raises(ValueError, match="needs a rubric"):
+        enc.encode(Q, None, t)
+    with pytest.raises(KeyError, match="unknown Judge layout 'nope'"):
+        JudgeEncoder(tok, ser, layout="nope")
+
+
 def test_rubricor_problem_prompt_holds_the_problem_and_no_profile():
     ser = SerializeConfig(query_chars=64)
     text = PROMPTS["problem"](Q, "n4 9939", ser)
