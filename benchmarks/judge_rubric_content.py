@@ -5,6 +5,7 @@ initialisation and minibatch order.
 
     python benchmarks/judge_rubric_content.py RUN_DIR --seeds 0 1 2 --steps 80 --arms oracle shuffled
     python benchmarks/judge_rubric_content.py RUN_DIR --arms oracle shuffled --layout interleaved
+    python benchmarks/judge_rubric_content.py RUN_DIR --judge-model toy:small   # a backbone that errs more
 
 RUN_DIR: a `roro demo` out_dir (exploration/trajectories.jsonl, exploration/queries.json, pairs.jsonl).
 One JSON line per (steps, seed, arm): accuracy on the split, overall and by pair kind (RESULTS.md, "make
@@ -34,6 +35,7 @@ ap.add_argument("--steps", type=int, nargs="+", default=[80, 320])
 ap.add_argument("--arms", nargs="+", default=["oracle", "shuffled", "norubric"])
 ap.add_argument("--splits", nargs="+", default=["val"])
 ap.add_argument("--layout", default="after", help="the Judge's input layout (rubric.judge.layout)")
+ap.add_argument("--judge-model", default=None, help="the Judge's backbone (rubric.judge.model.path)")
 a = ap.parse_args()
 run = Path(a.run)
 cfg = load_config("configs/demo.yaml", [])
@@ -55,6 +57,8 @@ for steps in a.steps:
         for arm in a.arms:
             t0 = time.time()
             jc = dataclasses.replace(rc.judge, use_rubric=arm != "norubric", layout=a.layout)
+            if a.judge_model:
+                jc = dataclasses.replace(jc, model=dataclasses.replace(jc.model, path=a.judge_model))
             judge = Judge(jc, rc.serialize, max_criteria=rc.max_criteria, seed=seed)
             judge.train_steps(data.train, data.by_id, data.queries, books[arm], steps=steps,
                               rng=np.random.default_rng(seed))

@@ -68,7 +68,7 @@ class JudgeConfig:
     parallel: str = field(default="single", metadata={"choices": MODES})
     kind_weights: str = "none"  # none | balanced (pair weight ∝ 1 / count of its kind: kinds weigh equally)
     len_multiple: int = 32  # sequence lengths are padded up to a multiple of this
-    # where the criteria sit in the Judge's input: a name in JUDGE_LAYOUTS (after | interleaved)
+    # where the criteria sit in the Judge's input: a name in JUDGE_LAYOUTS (after | interleaved | holistic)
     layout: str = field(default="after", metadata={"registry": lambda: sorted(JUDGE_LAYOUTS)})
 
 
@@ -155,9 +155,21 @@ def layout_interleaved(enc: JudgeEncoder, query: str, rubric: Rubric | None, tra
     return ids, pos, w
 
 
+def layout_holistic(enc: JudgeEncoder, query: str, rubric: Rubric | None, traj: Trajectory) -> Encoded:
+    """Query, the (truncated) trajectory, ``"R:"``, every criterion's text (no markers), then ``"S ?"``: one
+    score for the whole route with the rubric in context."""
+    ids = bos(enc.tok) + enc._enc("Q:" + serialize_query(query, enc.ser) + "\n")
+    ids = ids + enc._enc(serialize_trajectory(traj, enc.ser) + "\nR:\n")
+    for c in enc.criteria(rubric, traj):
+        ids = ids + enc._enc(c.text) + enc._nl
+    ids = ids + enc._enc("S") + enc._marker
+    return ids, [len(ids) - 1], [1.0]
+
+
 JUDGE_LAYOUTS: dict[str, Callable[[JudgeEncoder, str, Rubric | None, Trajectory], Encoded]] = {
     "after": layout_after,
     "interleaved": layout_interleaved,
+    "holistic": layout_holistic,
 }
 
 

@@ -89,6 +89,20 @@ def test_interleaved_layout_reads_each_checkpoint_right_after_its_step():
         JudgeEncoder(tok, ser, layout="nope")
 
 
+def test_holistic_layout_reads_the_rubric_and_scores_once():
+    """``judge.layout=holistic``: the ``after`` text with the criteria unmarked, then one ``S ?`` marker."""
+    tok = char_tokenizer()
+    ser = SerializeConfig(style="reasoning", max_chars=400, query_chars=64)
+    t = route(["a 5 + 5 = 11", "b 11 + 6 = 17", "Answer: 17"])
+    rub = checkpoint_rubric("q1", Q)
+    ids, pos, w = JudgeEncoder(tok, ser, layout="holistic").encode(Q, rub, t)
+    after_ids, after_pos, _ = JudgeEncoder(tok, ser, layout="after").encode(Q, rub, t)
+    text = tok.decode(ids)
+    assert pos == [len(ids) - 1] and w == [1.0] and text.endswith("c 16 - 2 = 14\nS ?")
+    assert text.replace("\nS ?", "") == tok.decode(after_ids).replace(" ?", "").rstrip("\n")
+    assert len(after_pos) == 3
+
+
 def test_rubricor_problem_prompt_holds_the_problem_and_no_profile():
     ser = SerializeConfig(query_chars=64)
     text = PROMPTS["problem"](Q, "n4 9939", ser)
