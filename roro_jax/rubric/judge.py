@@ -90,7 +90,7 @@ class JudgeEncoder:
         if not self._marker:
             raise ValueError("the tokenizer encodes the marker ' ?' to nothing")
 
-    def _enc(self, text: str) -> list[int]:
+    def piece(self, text: str) -> list[int]:
         """Token ids of a piece of text (memoised on the text; bounded)."""
         ids = self._cache.get(text)
         if ids is None:
@@ -107,19 +107,29 @@ class JudgeEncoder:
 
     def criterion(self, ids: list[int], pos: list[int], w: list[float], text: str, weight: float) -> list[int]:
         """``ids`` + the criterion's text and marker + newline; its marker position and weight appended."""
-        ids = ids + self._enc(text) + self._marker
+        ids = ids + self.piece(text) + self._marker
         pos.append(len(ids) - 1)
         w.append(float(weight))
         return ids + self._nl
+
+    def question(self, query: str) -> list[int]:
+        """``[BOS] "Q:" query "\\n"``: how every layout starts."""
+        return bos(self.tok) + self.piece("Q:" + serialize_query(query, self.ser) + "\n")
+
+    def prefix(self, query: str, traj: Trajectory) -> list[int]:
+        """The question, then the (truncated) trajectory and ``"\\nR:\\n"``."""
+        return self.question(query) + self.piece(serialize_trajectory(traj, self.ser) + "\nR:\n")
+
+    def score_marker(self, ids: list[int]) -> Encoded:
+        """``ids`` + ``"S ?"``: one marker that scores the whole input (weight 1)."""
+        ids = ids + self.piece("S") + self._marker
+        return ids, [len(ids) - 1], [1.0]
 
     def encode(self, query: str, rubric: Rubric | None, traj: Trajectory) -> Encoded:
         """``(ids, marker positions, weights)`` of one Judge input (per the layout; the no-rubric Judge reads
         one marker after ``"S"``)."""
         if not self.use_rubric:
-            ids = bos(self.tok) + self._enc("Q:" + serialize_query(query, self.ser) + "\n")
-            ids = ids + self._enc(serialize_trajectory(traj, self.ser) + "\nR:\n")
-            ids = ids + self._enc("S") + self._marker
-            return ids, [len(ids) - 1], [1.0]
+            return self.score_marker(self.prefix(query, traj))
         return self.layout(self, query, rubric, traj)
 
     @property
@@ -129,8 +139,7 @@ class JudgeEncoder:
 
 def layout_after(enc: JudgeEncoder, query: str, rubric: Rubric | None, traj: Trajectory) -> Encoded:
     """Query, the (truncated) trajectory, ``"R:"``, then every criterion with its marker."""
-    ids = bos(enc.tok) + enc._enc("Q:" + serialize_query(query, enc.ser) + "\n")
-    ids = ids + enc._enc(serialize_trajectory(traj, enc.ser) + "\nR:\n")
+    ids = enc.prefix(query, traj)
     pos: list[int] = []
     w: list[float] = []
     for c in enc.criteria(rubric, traj):
@@ -142,12 +151,12 @@ def layout_interleaved(enc: JudgeEncoder, query: str, rubric: Rubric | None, tra
     """Query, header, then each step's line followed by its criterion (``"R: " + text``); criteria left
     when the steps run out follow the last step."""
     crit = list(enc.criteria(rubric, traj))
-    ids = bos(enc.tok) + enc._enc("Q:" + serialize_query(query, enc.ser) + "\n") + enc._enc(header(traj) + "\n")
+    ids = enc.question(query) + enc.piece(header(traj) + "\n")
     pos: list[int] = []
     w: list[float] = []
     for t in range(len(traj.steps)):
         line = step_line(traj, t, enc.ser)
-        ids = ids + enc._enc(line if line.endswith("\n") else line + "\n")
+        ids = ids + enc.piece(line if line.endswith("\n") else line + "\n")
         if t < len(crit):
             ids = enc.criterion(ids, pos, w, "R: " + crit[t].text, crit[t].weight)
     for c in crit[len(traj.steps):]:
@@ -158,12 +167,10 @@ def layout_interleaved(enc: JudgeEncoder, query: str, rubric: Rubric | None, tra
 def layout_holistic(enc: JudgeEncoder, query: str, rubric: Rubric | None, traj: Trajectory) -> Encoded:
     """Query, the (truncated) trajectory, ``"R:"``, every criterion's text (no markers), then ``"S ?"``: one
     score for the whole route with the rubric in context."""
-    ids = bos(enc.tok) + enc._enc("Q:" + serialize_query(query, enc.ser) + "\n")
-    ids = ids + enc._enc(serialize_trajectory(traj, enc.ser) + "\nR:\n")
+    ids = enc.prefix(query, traj)
     for c in enc.criteria(rubric, traj):
-        ids = ids + enc._enc(c.text) + enc._nl
-    ids = ids + enc._enc("S") + enc._marker
-    return ids, [len(ids) - 1], [1.0]
+        ids = ids + enc.piece(c.text) + enc._nl
+    return enc.score_marker(ids)
 
 
 JUDGE_LAYOUTS: dict[str, Callable[[JudgeEncoder, str, Rubric | None, Trajectory], Encoded]] = {
@@ -174,7 +181,8 @@ JUDGE_LAYOUTS: dict[str, Callable[[JudgeEncoder, str, Rubric | None, Trajectory]
 
 
 def register_layout(name: str, fn: Callable[[JudgeEncoder, str, Rubric | None, Trajectory], Encoded]) -> None:
-    """Add a Judge input layout: ``fn(encoder, query, rubric, trajectory) -> (ids, marker positions, weights)``."""
+    """Add a Judge input layout: ``fn(encoder, query, rubric, trajectory) -> (ids, marker positions, weights)``,
+    built from the encoder's pieces (``question``, ``prefix``, ``piece``, ``criterion``, ``score_marker``)."""
     JUDGE_LAYOUTS[name] = fn
 
 
