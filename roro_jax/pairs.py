@@ -103,9 +103,6 @@ class PairsConfig:
     process_label: str = field(default="quality", metadata={"registry": _process_labels})
 
     def __post_init__(self) -> None:
-        if self.process_label not in PROCESS_LABELS:
-            raise ValueError(f"PairsConfig.process_label: unknown process label {self.process_label!r}; "
-                             f"registered: {sorted(PROCESS_LABELS)}")
         if self.balance_outcome not in OUTCOME_BALANCE:
             raise ValueError(f"PairsConfig.balance_outcome must be one of {OUTCOME_BALANCE}, "
                              f"got {self.balance_outcome!r}")
