@@ -6,8 +6,12 @@ initialisation and minibatch order.
     python benchmarks/judge_rubric_content.py RUN_DIR --seeds 0 1 2 --steps 80 --arms oracle shuffled
     python benchmarks/judge_rubric_content.py RUN_DIR --arms oracle shuffled --layout interleaved
     python benchmarks/judge_rubric_content.py RUN_DIR --judge-model toy:small   # a backbone that errs more
+    python benchmarks/judge_rubric_content.py RUN_DIR --process-label checkpoints  # pairs rebuilt, see below
 
 RUN_DIR: a `roro demo` out_dir (exploration/trajectories.jsonl, exploration/queries.json, pairs.jsonl).
+With ``--process-label NAME`` the pairs are rebuilt from the trajectories with ``configs/demo.yaml``'s
+``pairs`` keys and ``pairs.process_label=NAME`` instead of read from ``pairs.jsonl`` (nothing is written to
+RUN_DIR).
 One JSON line per (steps, seed, arm): accuracy on the split, overall and by pair kind (RESULTS.md, "make
 demo's Judge against issue 15's bar").
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from roro_jax.config import load_config
-from roro_jax.pairs import read_pairs
+from roro_jax.pairs import build_pairs, read_pairs
 from roro_jax.rubric.judge import Judge, pair_correct
 from roro_jax.rubric.loop import accuracy_report, make_data
 from roro_jax.rubric.teacher import checkpoint_rubric
@@ -36,13 +40,20 @@ ap.add_argument("--arms", nargs="+", default=["oracle", "shuffled", "norubric"])
 ap.add_argument("--splits", nargs="+", default=["val"])
 ap.add_argument("--layout", default="after", help="the Judge's input layout (rubric.judge.layout)")
 ap.add_argument("--judge-model", default=None, help="the Judge's backbone (rubric.judge.model.path)")
+ap.add_argument("--process-label", default=None,
+                help="rebuild the pairs with this pairs.process_label (quality | checkpoints) instead of reading "
+                     "RUN_DIR/pairs.jsonl")
 a = ap.parse_args()
 run = Path(a.run)
 cfg = load_config("configs/demo.yaml", [])
 rc = dataclasses.replace(cfg.rubric, seed=cfg.seed, out_dir=None)
 trajs = read_trajectory_file(run / "exploration" / "trajectories.jsonl")
-pairs = read_pairs(run / "pairs.jsonl")
 queries = json.loads((run / "exploration" / "queries.json").read_text())
+if a.process_label:
+    pairs = build_pairs(trajs, dataclasses.replace(cfg.pairs, process_label=a.process_label), seed=cfg.seed,
+                        queries=queries)
+else:
+    pairs = read_pairs(run / "pairs.jsonl")
 data = make_data(trajs, pairs, queries, rc)
 teacher = {q: checkpoint_rubric(q, data.queries[q], max_criteria=rc.max_criteria) for q in data.query_ids}
 qs = list(data.query_ids)
@@ -51,7 +62,9 @@ while np.any(perm == np.arange(len(qs))):  # a derangement: no query keeps its o
     perm = np.random.default_rng(int(perm[0]) + 7).permutation(len(qs))
 shuffled = {q: Rubric(q, teacher[qs[perm[i]]].criteria) for i, q in enumerate(qs)}
 books = {"oracle": teacher, "shuffled": shuffled, "norubric": None}
-print(json.dumps({"split": {s: len(data.pairs_of(s)) for s in ("train", "val", "test")}}), flush=True)
+print(json.dumps({"process_label": a.process_label or "pairs.jsonl",
+                  "split": {s: {k: sum(p.kind == k for p in data.pairs_of(s)) for k in ("outcome", "process")}
+                            for s in ("train", "val", "test")}}), flush=True)
 for steps in a.steps:
     for seed in a.seeds:
         for arm in a.arms:

@@ -93,9 +93,10 @@ def collect_stage(cfg) -> Path:
     return T.collect_exploration_stage(cfg, W.make_engines(cfg), explore_problems(cfg, W))
 
 
-def pairs_stage(cfg, trajs: Sequence[Trajectory], out: Path):
-    """Stage 2: preference pairs of the explored routes → ``pairs.jsonl`` + ``pairs_stats.json``."""
-    pairs, stats = build_pairs_with_stats(trajs, cfg.pairs, seed=cfg.seed)
+def pairs_stage(cfg, trajs: Sequence[Trajectory], out: Path, queries: dict[str, str] | None = None):
+    """Stage 2: preference pairs of the explored routes → ``pairs.jsonl`` + ``pairs_stats.json``
+    (``queries``: id → text, read by ``pairs.process_label=checkpoints``)."""
+    pairs, stats = build_pairs_with_stats(trajs, cfg.pairs, seed=cfg.seed, queries=queries)
     out.mkdir(parents=True, exist_ok=True)
     write_pairs(out / "pairs.jsonl", pairs)
     atomic_write_json(out / "pairs_stats.json", stats, indent=1, default=str)
@@ -125,7 +126,7 @@ def train_router(cfg, *, resume: bool = True, progress: bool = True):
         out = Path(cfg.out_dir)
         queries = {str(p.id): p.question for p in explore}
         trajs = list(TrajectoryStore(T.collect_exploration_stage(cfg, engines, explore, progress=progress)).iter())
-        pairs, _ = pairs_stage(cfg, trajs, out)
+        pairs, _ = pairs_stage(cfg, trajs, out, queries)
         _, objects = rubric_stage(cfg, trajs, pairs, queries, out)
         process_fn = process_scorer(cfg.reward.process_scorer, objects, queries)
         cfg = dataclasses.replace(cfg, out_dir=str(out / "router"))
@@ -162,7 +163,7 @@ def run_roro(cfg, *, progress: bool = True, console: Console | None = None) -> d
                         f"accuracy {np.mean([bool(t.correct) for t in trajs]):.3f}")
 
     # 2. pairs
-    pairs, _ = pairs_stage(cfg, trajs, out)
+    pairs, _ = pairs_stage(cfg, trajs, out, queries)
     kinds = {k: sum(p.kind == k for p in pairs) for k in ("outcome", "cost", "process")}
     done("pairs", f"{len(pairs)} pairs ({', '.join(f'{k} {n}' for k, n in kinds.items())})")
 

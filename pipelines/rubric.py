@@ -43,8 +43,8 @@ def replay_pairs(episodes=None, *, pairs_cfg: PairsConfig | None = None, seed: i
     for pol in exploration_suite(ExplorationConfig(seed=seed)):
         actions, _, _ = world.rollout(replay_policy(pol, seed=seed))
         trajs += world.trajectories(actions, policy_id=pol.policy_id, seed=seed)
-    pairs = build_pairs(trajs, pairs_cfg or PairsConfig(max_per_kind=6), seed=seed)
-    return trajs, pairs, {e.id: e.query for e in world.episodes}
+    queries = {e.id: e.query for e in world.episodes}
+    return trajs, build_pairs(trajs, pairs_cfg or PairsConfig(max_per_kind=6), seed=seed, queries=queries), queries
 
 
 def toy_pairs(n_problems: int = 64, *, pairs_cfg: PairsConfig | None = None, seed: int = 0, config=None
@@ -65,8 +65,8 @@ def toy_pairs(n_problems: int = 64, *, pairs_cfg: PairsConfig | None = None, see
     suite = exploration_suite(dataclasses.replace(cfg.exploration, seed=seed))
     routed = T.route_many(cfg, T.make_engines(cfg), problems, suite, seed=seed, desc="exploration")
     trajs = [t for pol in suite for t in routed[pol.policy_id]]
-    pairs = build_pairs(trajs, pairs_cfg or PairsConfig(max_per_kind=6), seed=seed)
-    return trajs, pairs, {str(p.id): p.question for p in problems}
+    queries = {str(p.id): p.question for p in problems}
+    return trajs, build_pairs(trajs, pairs_cfg or PairsConfig(max_per_kind=6), seed=seed, queries=queries), queries
 
 
 def _rubric_cfg(cfg) -> RubricConfig:
@@ -107,6 +107,7 @@ def rubric_stage_from_files(cfg, trajectories_path, pairs_path, queries_path=Non
     import dataclasses
     from pathlib import Path
 
+    from roro_jax.jsonio import read_queries
     from roro_jax.pairs import read_pairs
     from roro_jax.store import read_trajectory_file
     from roro_jax.types import InputError
@@ -114,15 +115,7 @@ def rubric_stage_from_files(cfg, trajectories_path, pairs_path, queries_path=Non
     for path in (trajectories_path, pairs_path, queries_path):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"roro rubric: input file {path} does not exist")
-    queries = None
-    if queries_path:
-        try:
-            queries = json.loads(Path(queries_path).read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"{queries_path}: not a JSON object of query id -> query text: {e}") from None
-        if not isinstance(queries, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                    for k, v in queries.items()):
-            raise InputError(f"{queries_path}: must be a JSON object of query id -> query text (strings)")
+    queries = read_queries(queries_path) if queries_path else None
     trajs = read_trajectory_file(trajectories_path)  # unique keys, non-empty
     pairs = read_pairs(pairs_path)
     if not trajs or not pairs:

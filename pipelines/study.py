@@ -224,7 +224,7 @@ def rubric_objects(cfg, engines, out: Path, log=print, *, judges: bool = True):
         return explore, None, {}, queries
     store_path = T.collect_exploration_stage(cfg, engines, explore, progress=False)
     trajs = list(TrajectoryStore(store_path).iter())
-    pairs, _ = pairs_stage(cfg, trajs, out)
+    pairs, _ = pairs_stage(cfg, trajs, out, queries)
     res, objects = rubric_stage(cfg, trajs, pairs, queries, out, log=log)
     return explore, res, objects, queries
 

@@ -142,8 +142,11 @@ def cmd_demo(args) -> int:
 def cmd_pairs(args) -> int:
     from roro_jax.pairs import pairs_from_file
 
+    from roro_jax.jsonio import read_queries
+
     cfg = _load(args)
-    stats = pairs_from_file(args.trajectories, args.out, cfg.pairs, seed=cfg.seed)
+    queries = read_queries(args.queries) if args.queries else None
+    stats = pairs_from_file(args.trajectories, args.out, cfg.pairs, seed=cfg.seed, queries=queries)
     print(json.dumps(stats, indent=2, default=str))
     return 0
 
@@ -242,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(s)
     s.add_argument("--trajectories", required=True, help="trajectory JSONL (what roro collect writes); required")
     s.add_argument("--out", required=True, help="pairs JSONL to write; required")
+    s.add_argument("--queries", help="JSON object query id -> query text (exploration/queries.json); needed by "
+                                     "pairs.process_label=checkpoints")
     s.set_defaults(fn=cmd_pairs)
 
     s = sub.add_parser("collect", help=f"route the exploratory policies and store their trajectories ({' / '.join(_worlds_with('collect'))} "

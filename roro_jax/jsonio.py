@@ -125,3 +125,15 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any], **dumps) ->
         for row in rows:
             f.write(json.dumps(row, **dumps) + "\n")
     return Path(path)
+
+
+def read_queries(path: str | os.PathLike) -> dict[str, str]:
+    """A JSON object of query id -> query text (``queries.json`` of an exploration); anything else is an
+    :class:`~roro_jax.types.InputError` naming the file."""
+    try:
+        queries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a JSON object of query id -> query text: {e}") from None
+    if not isinstance(queries, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in queries.items()):
+        raise InputError(f"{path}: must be a JSON object of query id -> query text (strings)")
+    return queries

@@ -6,8 +6,11 @@ For each query, every two trajectories of that query are compared once and give 
 * **cost** — same outcome, and the cheaper one is cheaper by at least ``cost_margin`` relative to the
   dearer one: the cheaper one is preferred (margin = relative cost difference).
 * **process** — same outcome and similar cost (relative difference ≤ ``similar_cost``), and process
-  qualities (:func:`process_quality`) that differ by more than ``tie_margin``: the higher-quality one is
-  preferred (margin = quality difference).
+  scores that differ by more than ``tie_margin``: the higher-scoring one is preferred (margin = score
+  difference).  ``process_label`` names the score (registry :data:`PROCESS_LABELS`): ``quality``
+  (:func:`process_quality`: where the escalations landed, waste, switches; the default) or ``checkpoints``
+  (the oracle checkpoint score: the share of the toy problem's reference steps the route keeps,
+  :func:`roro_jax.rubric.teacher.checkpoint_scores`; needs the query texts and toy problems).
 
 With ``balance_outcome="cost"``, each query keeps as many outcome pairs whose preferred trajectory is the
 dearer one as pairs whose preferred trajectory is the cheaper one (the larger side is subsampled; equal-cost
@@ -30,12 +33,13 @@ import os
 import warnings
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .registry import Registry
 from .store import read_trajectory_file
 from .jsonio import atomic_write_json, atomic_write_jsonl, iter_jsonl
 from .types import ESCALATE, InputError, PreferencePair, Trajectory
@@ -50,6 +54,26 @@ class NoPairsWarning(UserWarning):
 
 
 @dataclass(frozen=True)
+class ProcessLabel:
+    """What orders the two routes of a process pair (same outcome, similar cost).
+
+    ``score``: a route -> its process score (higher is preferred; NaN: the route forms no process pair);
+    pure. ``explain``: (preferred, its score, rejected, its score) -> the pair's reason after the outcome and
+    cost part."""
+
+    score: Callable[[Trajectory], float]
+    explain: Callable[[Trajectory, float, Trajectory, float], str]
+
+
+# pairs.process_label -> (PairsConfig, query texts by id or None) -> ProcessLabel
+PROCESS_LABELS: Registry[Callable[..., ProcessLabel]] = Registry("process label")
+
+
+def _process_labels() -> Registry:
+    return PROCESS_LABELS
+
+
+@dataclass(frozen=True)
 class PairsConfig:
     """How pairs are built (see the module docstring).
 
@@ -60,7 +84,8 @@ class PairsConfig:
     this are ties.  ``process_weights``: weights of the (critical, waste, switch) terms of
     :func:`process_quality`.  ``max_per_kind`` / ``max_per_query``: caps per query (None = no cap).
     ``balance_outcome``: ``"none"`` or ``"cost"`` (per query, as many outcome pairs preferring the dearer
-    route as preferring the cheaper one; see the module docstring).
+    route as preferring the cheaper one; see the module docstring).  ``process_label``: what orders a
+    process pair, a name in :data:`PROCESS_LABELS` (``quality`` | ``checkpoints``).
     """
 
     outcome: bool = True
@@ -75,6 +100,7 @@ class PairsConfig:
     max_per_kind: int | None = None
     max_per_query: int | None = None
     balance_outcome: str = "none"
+    process_label: str = field(default="quality", metadata={"registry": _process_labels})
 
     def __post_init__(self) -> None:
         if self.balance_outcome not in OUTCOME_BALANCE:
@@ -188,6 +214,59 @@ def process_quality(traj: Trajectory, weights: Sequence[float] = (0.5, 0.3, 0.2)
     return float(num / den) if den > 0 else float("nan")
 
 
+# ------------------------------------------------------------------------------------ process labels
+
+def _fmt_term(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def quality_label(weights: Sequence[float] = (0.5, 0.3, 0.2)) -> ProcessLabel:
+    """Process pairs ordered by :func:`process_quality` with ``weights``."""
+    def explain(hi_t: Trajectory, hi_q: float, lo_t: Trajectory, lo_q: float) -> str:
+        th, tl = process_terms(hi_t), process_terms(lo_t)
+        f = _fmt_term
+        return (f"quality {hi_q:.3f} vs {lo_q:.3f} (critical steps escalated "
+                f"{f(th['critical'])} vs {f(tl['critical'])} [{th['critical_source']}], "
+                f"confidence rank of escalations {f(th['waste'])} vs {f(tl['waste'])}, "
+                f"switches {th['n_switches']} vs {tl['n_switches']})")
+
+    return ProcessLabel(score=lambda t: process_quality(t, weights), explain=explain)
+
+
+def checkpoints_label(queries: Mapping[str, str] | None) -> ProcessLabel:
+    """Process pairs ordered by the oracle checkpoint score (the share of the toy problem's reference steps a
+    route keeps, :func:`roro_jax.rubric.teacher.checkpoint_scores`). Without the query texts, or for a query
+    that is not a toy problem, an :class:`~roro_jax.types.InputError` naming ``pairs.process_label``."""
+    from roro_jax.rubric.teacher import checkpoint_scores  # the checker's reference steps (toy problems)
+
+    key = "config key 'pairs.process_label': 'checkpoints' scores a route by the reference steps of its toy problem"
+    if queries is None:
+        raise InputError(f"{key}, which needs the query texts (roro pairs --queries FILE); none were given")
+    qs = dict(queries)
+
+    def score(t: Trajectory) -> float:
+        if t.query_id not in qs:
+            raise InputError(f"{key}; no text for query {t.query_id!r}")
+        try:
+            return float(checkpoint_scores([t], qs)[0])
+        except ValueError as e:  # not a toy problem: this world has no checker of steps
+            raise InputError(f"{key}; {e} (use pairs.process_label=quality)") from None
+
+    def explain(hi_t: Trajectory, hi_q: float, lo_t: Trajectory, lo_q: float) -> str:
+        return f"checkpoints passed {hi_q:.3f} vs {lo_q:.3f} (share of the reference steps kept)"
+
+    return ProcessLabel(score=score, explain=explain)
+
+
+PROCESS_LABELS.add("quality", lambda cfg, queries: quality_label(cfg.process_weights))
+PROCESS_LABELS.add("checkpoints", lambda cfg, queries: checkpoints_label(queries))
+
+
+def process_label(cfg: "PairsConfig", queries: Mapping[str, str] | None = None) -> ProcessLabel:
+    """The :class:`ProcessLabel` that ``cfg.process_label`` names."""
+    return PROCESS_LABELS.get(cfg.process_label)(cfg, queries)
+
+
 # ------------------------------------------------------------------------------------------- building
 
 def _cost(traj: Trajectory, measure: str) -> float:
@@ -214,10 +293,6 @@ def _fmt_cost(x: float, measure: str) -> str:
     return f"{x:g}" if measure == "large_tokens" else f"{x:.3f}"
 
 
-def _fmt_term(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
-
-
 def _outcome_word(t: Trajectory) -> str:
     word = "ungraded" if t.correct is None else ("correct" if t.correct else "wrong")
     return word + (" (estimated)" if t.correct is not None and t.correct_is_estimate else "")
@@ -242,8 +317,12 @@ def _balance_by_cost(pairs: list[PreferencePair], cost: dict[str, float], rng: n
 
 
 def build_pairs_with_stats(trajectories: Iterable[Trajectory], cfg: PairsConfig | None = None,
-                           seed: int = 0) -> tuple[list[PreferencePair], dict[str, Any]]:
+                           seed: int = 0, queries: Mapping[str, str] | None = None,
+                           label: ProcessLabel | None = None) -> tuple[list[PreferencePair], dict[str, Any]]:
     """:func:`build_pairs` plus statistics of the construction.
+
+    ``label`` orders the process pairs; None: the one ``cfg.process_label`` names (:func:`process_label`,
+    which reads ``queries``, query id -> text, where the label needs them).
 
     Stats: per kind ``candidates`` (pairs that met the kind's condition before tie and cap checks),
     ``dropped_tie`` (process: quality difference ≤ ``tie_margin``; cost: same outcome with a relative cost
@@ -253,6 +332,7 @@ def build_pairs_with_stats(trajectories: Iterable[Trajectory], cfg: PairsConfig 
     ``excluded_ungraded``, ``dropped_cap_query`` (pairs removed by ``max_per_query``).
     """
     cfg = cfg or PairsConfig()
+    label = label or process_label(cfg, queries)
     by_q: OrderedDict[str, list[Trajectory]] = OrderedDict()
     seen: set[str] = set()
     n_traj = n_ungraded = 0
@@ -310,7 +390,7 @@ def build_pairs_with_stats(trajectories: Iterable[Trajectory], cfg: PairsConfig 
                         continue
                     for k in (i, j):
                         if k not in qual:
-                            qual[k] = process_quality(trajs[k], cfg.process_weights)
+                            qual[k] = float(label.score(trajs[k]))
                     qa, qb = qual[i], qual[j]
                     if math.isnan(qa) or math.isnan(qb):
                         continue
@@ -321,16 +401,11 @@ def build_pairs_with_stats(trajectories: Iterable[Trajectory], cfg: PairsConfig 
                         continue
                     (hi_t, hi_q, hi_c), (lo_t, lo_q, lo_c) = sorted([(a, qa, ca), (b, qb, cb)],
                                                                     key=lambda x: -x[1])
-                    th, tl = process_terms(hi_t), process_terms(lo_t)
-                    f = _fmt_term
                     per_kind["process"].append(PreferencePair(
                         query_id=qid, preferred=hi_t.traj_id, rejected=lo_t.traj_id, kind="process", margin=d,
                         reason=(f"process: same outcome ({same}), similar {cfg.cost_measure} "
                                 f"({_fmt_cost(hi_c, cfg.cost_measure)} vs {_fmt_cost(lo_c, cfg.cost_measure)}); "
-                                f"quality {hi_q:.3f} vs {lo_q:.3f} (critical steps escalated "
-                                f"{f(th['critical'])} vs {f(tl['critical'])} [{th['critical_source']}], "
-                                f"confidence rank of escalations {f(th['waste'])} vs {f(tl['waste'])}, "
-                                f"switches {th['n_switches']} vs {tl['n_switches']})")))
+                                + label.explain(hi_t, hi_q, lo_t, lo_q))))
                 else:
                     stats["cost"]["dropped_tie"] += 1     # same outcome, cost gap neither clear nor small
         rng = _query_rng(seed, qid)
@@ -356,14 +431,15 @@ def build_pairs_with_stats(trajectories: Iterable[Trajectory], cfg: PairsConfig 
 
 
 def build_pairs(trajectories: Iterable[Trajectory], cfg: PairsConfig | None = None,
-                seed: int = 0) -> list[PreferencePair]:
+                seed: int = 0, queries: Mapping[str, str] | None = None,
+                label: ProcessLabel | None = None) -> list[PreferencePair]:
     """Preference pairs of every query's trajectories (see the module docstring).
 
     Deterministic for a seed and independent of input order: queries in sorted order, trajectories within
     a query sorted by ``traj_id``, pairs by kind (outcome, cost, process) then by that order.  Never pairs
     trajectories of different queries.  Duplicate trajectory ids are an error.
     """
-    return build_pairs_with_stats(trajectories, cfg, seed)[0]
+    return build_pairs_with_stats(trajectories, cfg, seed, queries, label)[0]
 
 
 def pair_summary(pairs: Iterable[PreferencePair]) -> dict[str, dict[str, Any]]:
@@ -428,7 +504,8 @@ def read_pairs(path: str | os.PathLike) -> list[PreferencePair]:
 
 
 def pairs_from_file(trajectories_path: str | os.PathLike, out_path: str | os.PathLike,
-                    cfg: PairsConfig | None = None, seed: int = 0) -> dict[str, Any]:
+                    cfg: PairsConfig | None = None, seed: int = 0,
+                    queries: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Read a trajectory JSONL file, build the pairs, write them as JSONL to ``out_path`` and the
     statistics as JSON next to it (``<out_path>.stats.json``).  Returns the statistics.
 
@@ -437,7 +514,7 @@ def pairs_from_file(trajectories_path: str | os.PathLike, out_path: str | os.Pat
     :class:`~roro_jax.store.StoreCorruptError` naming the file (and line). Zero pairs from a non-empty file
     (e.g. every trajectory of a query has the same outcome and cost) is a :class:`NoPairsWarning`."""
     trajs = read_trajectory_file(trajectories_path)
-    pairs, stats = build_pairs_with_stats(trajs, cfg, seed)
+    pairs, stats = build_pairs_with_stats(trajs, cfg, seed, queries)
     if not pairs:
         warnings.warn(f"{trajectories_path}: 0 preference pairs from {stats['trajectories']} trajectories of "
                       f"{stats['queries']} queries ({stats['excluded_ungraded']} ungraded excluded): a pair needs two "

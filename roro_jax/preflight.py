@@ -122,6 +122,16 @@ def check_process_reward(cfg, ctx: Context) -> None:
         raise ConfigError(f"config key 'reward.weights.process'={cfg.reward.weights['process']:g}: {why}")
 
 
+@register_check("process_label")
+def check_process_label(cfg, ctx: Context) -> None:
+    """``pairs.process_label`` names a score the world's routes can be given (``checkpoints`` needs toy
+    problems' reference steps)."""
+    why = get_world(cfg.world).no_process_label.get(cfg.pairs.process_label)
+    if why:
+        raise ConfigError(f"config key 'pairs.process_label'={cfg.pairs.process_label!r}: the {cfg.world} world "
+                          f"cannot order process pairs by it: {why}; set pairs.process_label=quality")
+
+
 @register_check("reward_fields")
 def check_reward_fields(cfg, ctx: Context) -> None:
     """Every reward term with a non-zero weight reads only fields the world's reward batch holds

@@ -417,6 +417,12 @@ def test_cli_subprocess_bad_trajectories_one_line_no_traceback(tmp_path):
     (["config", "rubric.rubricor.output=nope"], "config key 'rubric.rubricor.output' (command line): 'nope' is not"),
     (["config", "rubric.judge.layout=nope"], "config key 'rubric.judge.layout' (command line): 'nope' is not"),
     (["config", "rubric.rubricor.prompt=nope"], "config key 'rubric.rubricor.prompt' (command line): 'nope' is not"),
+    (["config", "pairs.process_label=nope"],
+     "config key 'pairs.process_label' (command line): unknown process label 'nope'; registered: ['checkpoints', "
+     "'quality']"),
+    (["pairs", "--trajectories", str(BAD / "traj_no_pairs.jsonl"), "pairs.process_label=checkpoints"],
+     "config key 'pairs.process_label': 'checkpoints' scores a route by the reference steps of its toy problem, "
+     "which needs the query texts"),
 ])
 def test_cli_in_process_bad_input_exits_2_with_one_line(argv, says, tmp_path, capsys):
     if argv[0] == "pairs":

@@ -264,3 +264,76 @@ def test_balance_outcome_by_cost_matches_dearer_and_cheaper_preferred():
     assert {p for p in got if p[0] != "outcome"} == {p for p in plain if p[0] != "outcome"}
     with pytest.raises(ValueError, match="balance_outcome"):
         PairsConfig(balance_outcome="share")
+
+
+# ------------------------------------------------------------------------------------ process labels
+
+def _route(name, texts, esc, conf=(0.9, 0.2, 0.8)):
+    """A correct route of the toy problem "5 - 3 + 7" (reference steps "5 - 3 = 2", "2 + 7 = 9", then
+    "Answer: 9"); the small model went wrong on step 1 (meta wrong_steps); one escalated step, 10 tokens."""
+    steps = [Step(index=t, text=x, action=ESCALATE if t in esc else KEEP, model="large" if t in esc else "small",
+                  small_tokens=10, large_tokens=10 if t in esc else 0, confidence=conf[t])
+             for t, x in enumerate(texts)]
+    return Trajectory(query_id="toy-1", sample_idx=0, policy_id=name, steps=steps, correct=True,
+                      meta={"wrong_steps": [1]})
+
+
+TOY_Q = {"toy-1": "5 - 3 + 7"}
+# P keeps every reference step but escalated the confident step 0 and not the critical step 1:
+#   quality = 0.5·0 + 0.3·(1 − 1.0) + 0.2·(1 − 1/2) = 0.1; checkpoints 3/3.
+# Q escalated the critical step 1 and still kept a wrong first step (a lucky route):
+#   quality = 0.5·1 + 0.3·(1 − 0) + 0.2·(1 − 2/2) = 0.8; checkpoints 2/3.
+P = _route("P", ["5 - 3 = 2", "2 + 7 = 9", "Answer: 9"], {0})
+Q = _route("Q", ["5 - 3 = 3", "2 + 7 = 9", "Answer: 9"], {1})
+
+
+def test_process_labels_order_one_pair_oppositely():
+    """The same two routes form a process pair under either label, preferred in opposite directions, with
+    the hand-computed margins; the default label is ``quality``."""
+    assert process_quality(P) == pytest.approx(0.1) and process_quality(Q) == pytest.approx(0.8)
+    (dflt,) = build_pairs([P, Q])
+    assert PairsConfig().process_label == "quality"
+    assert (dflt.kind, dflt.preferred, dflt.rejected) == ("process", Q.traj_id, P.traj_id)
+    assert dflt.margin == pytest.approx(0.7) and "quality 0.800 vs 0.100" in dflt.reason
+    (ck,) = build_pairs([P, Q], PairsConfig(process_label="checkpoints"), queries=TOY_Q)
+    assert (ck.kind, ck.preferred, ck.rejected) == ("process", P.traj_id, Q.traj_id)
+    assert ck.margin == pytest.approx(1 / 3) and "checkpoints passed 1.000 vs 0.667" in ck.reason
+
+
+def test_process_label_default_is_quality_label_and_tie_margin_applies():
+    """The default builds exactly what an explicit quality label builds; under checkpoints, routes that keep
+    the same reference steps tie (no pair), and a tie margin above the checkpoint gap drops the pair."""
+    from roro_jax.pairs import quality_label
+
+    trajs = world()
+    assert build_pairs(trajs) == build_pairs(trajs, label=quality_label((0.5, 0.3, 0.2)))
+    P2 = _route("P2", ["5 - 3 = 2", "2 + 7 = 9", "Answer: 9"], {1})  # same checkpoints as P, other quality
+    pairs, stats = build_pairs_with_stats([P, P2], PairsConfig(process_label="checkpoints"), queries=TOY_Q)
+    assert pairs == [] and stats["process"]["dropped_tie"] == 1
+    assert build_pairs([P, P2]) != []                                # quality tells them apart
+    assert build_pairs([P, Q], PairsConfig(process_label="checkpoints", tie_margin=0.4), queries=TOY_Q) == []
+
+
+def test_process_label_checkpoints_needs_toy_queries(tmp_path, capsys):
+    """Without query texts, or for a query that is not a toy problem, one ``roro: error:`` line names the key."""
+    from roro_jax.cli import main
+    from roro_jax.types import InputError
+
+    with pytest.raises(InputError, match="pairs.process_label"):
+        build_pairs([P, Q], PairsConfig(process_label="checkpoints"))
+    with pytest.raises(KeyError, match="unknown process label 'nope'"):
+        build_pairs([P, Q], PairsConfig(process_label="nope"))
+    traj = tmp_path / "t.jsonl"
+    traj.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in (P, Q)))
+    qf = tmp_path / "q.json"
+    qf.write_text(json.dumps({"toy-1": "Which city is the capital of France?"}))
+    argv = ["pairs", "--trajectories", str(traj), "--out", str(tmp_path / "p.jsonl"), "--queries", str(qf),
+            "pairs.process_label=checkpoints"]
+    assert main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("roro:")]
+    assert len(err) == 1 and err[0].startswith("roro: error: config key 'pairs.process_label'") \
+        and "is not a toy problem" in err[0], err
+    qf.write_text(json.dumps(TOY_Q))
+    assert main(argv) == 0
+    (p,) = read_pairs(tmp_path / "p.jsonl")
+    assert (p.preferred, p.rejected) == (P.traj_id, Q.traj_id)

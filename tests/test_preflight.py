@@ -53,6 +53,9 @@ def trained_run(tmp_path_factory):
     (["demo", "router.hidden=128"], ["'router.hidden'", "write router.hidden=[128]"]),
     (["demo", "router.features=prm"], ["'router.features'='prm'", "toy world computes only", "['logprob']"]),
     (["collect", "world=live", "router.features=prm"], ["'router.features'='prm'", "live world"]),
+    (["collect", "world=live", "pairs.process_label=checkpoints"],
+     ["'pairs.process_label'='checkpoints'", "live world", "no reference steps", "set pairs.process_label=quality"]),
+    (["router", *SYN, "pairs.process_label=checkpoints"], ["'pairs.process_label'='checkpoints'", "synthetic world"]),
     (["demo", "toy.queries_per_update=3", "grpo.minibatches=5"],
      ["'toy.queries_per_update'=3", "'grpo.minibatches'=5", "set toy.queries_per_update=5"]),
 ])

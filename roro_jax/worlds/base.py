@@ -7,7 +7,7 @@ naming the command and the world. The stepwise pipeline (:mod:`pipelines.roro`) 
 (``make_engines``, ``train_problems`` / ``validation_problems`` / ``test_problems``, ``prompt_fn``,
 ``annotate``, its config ``section``); the preflight reads its facts (``reward_fields``,
 ``queries_per_update``, ``router_subdir``, ``router_in_features``, ``feature_families``,
-``no_process_scorer``).
+``no_process_scorer``, ``no_process_label``).
 
 A function may be given as a ``"module:function"`` string (:class:`Lazy`): it is imported at its first
 call, so the library imports no pipeline module when it loads. A world of your own, in a plugin module
@@ -108,6 +108,8 @@ class World:
     feature_families: Optional[frozenset] = None
     # command (None: every training command) -> why reward.weights.process > 0 cannot apply there
     no_process_scorer: Mapping[Optional[str], str] = field(default_factory=dict)
+    # pairs.process_label -> why the world's pairs cannot be ordered by it (roro_jax.pairs.PROCESS_LABELS)
+    no_process_label: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in _FUNCTIONS:
@@ -178,7 +180,8 @@ register_world(World(
     train_router="pipelines.router_synthetic:train_router_synthetic", demo="pipelines.demo:synthetic_demo",
     section="synthetic", queries_per_update=lambda cfg: (cfg.synthetic.queries, "synthetic.queries"),
     router_in_features=lambda cfg: cfg.synthetic.features,
-    no_process_scorer={None: "the synthetic world has no Judge (use world=toy, or set reward.weights.process=0)"}))
+    no_process_scorer={None: "the synthetic world has no Judge (use world=toy, or set reward.weights.process=0)"},
+    no_process_label={"checkpoints": "the synthetic world's routes have no step texts to check"}))
 
 register_world(World(
     "replay", "recorded episodes (real model outputs with PRM scores); mixed routes' outcomes are estimates",
@@ -188,7 +191,8 @@ register_world(World(
     queries_per_update=lambda cfg: (cfg.replay.queries_per_update, "replay.queries_per_update"),
     router_in_features=_prm_width,
     no_process_scorer={"router": "`roro router` in the replay world trains without the rubric stage (`roro eval` "
-                                 "runs it); set reward.weights.process=0"}))
+                                 "runs it); set reward.weights.process=0"},
+    no_process_label={"checkpoints": "recorded episodes have no reference steps to check a route against"}))
 
 _STEPWISE = World(
     "toy", "the shipped toy models (roro_jax/assets/toy, toy.variant) on toy arithmetic, Flax engines on a CPU",
@@ -209,4 +213,6 @@ register_world(_STEPWISE.replace(
     demo=None, quick_overrides=None, make_engines="pipelines.live:make_engines",
     train_problems="pipelines.live:train_problems", validation_problems=None,
     test_problems="pipelines.live:test_problems", prompt_fn="pipelines.live:prompt_fn",
-    annotate="pipelines.live:trajectory_meta", section="live"))
+    annotate="pipelines.live:trajectory_meta", section="live",
+    no_process_label={"checkpoints": "a live benchmark's problems have no reference steps to check a route against "
+                                     "(only toy problems do)"}))
