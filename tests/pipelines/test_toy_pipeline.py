@@ -127,9 +127,13 @@ def test_process_weight_needs_a_scorer(cfg0, engines, tmp_path):
 
 
 def test_quick_demo_runs_every_stage(tmp_path):
-    """``roro demo --quick`` on the toy world: every stage writes its outputs, every method is reported."""
-    cfg = demo_config("configs/demo.yaml", [f"out_dir={tmp_path}"], quick=True)
-    assert cfg.world == "toy" and cfg.train.updates == 3
+    """``roro demo --quick`` on the toy world: every stage writes its outputs, every method is reported.
+    Smaller than ``--quick`` where the size does not matter to what is checked (what each stage writes):
+    the user's overrides win over the quick settings, as on the command line."""
+    smaller = ["toy.explore_problems=12", "rubric.judge.steps=4", "rubric.rubricor.sft_steps=4",
+               "rubric.rubricor.grpo_queries=2", "rubric.rubricor.max_new_tokens=48", "rubric.gate.min_pairs=1"]
+    cfg = demo_config("configs/demo.yaml", [f"out_dir={tmp_path}", *smaller], quick=True)
+    assert cfg.world == "toy" and cfg.train.updates == 3 and cfg.toy.explore_problems == 12
     res = run_demo(cfg, progress=False)
     assert (tmp_path / "exploration" / "trajectories.jsonl").stat().st_size > 0
     pairs = (tmp_path / "pairs.jsonl").read_text().splitlines()
