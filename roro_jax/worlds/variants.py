@@ -12,7 +12,9 @@ test distribution:
   it writes a step, :func:`roro_jax.tasks.toy.corrupted_solution`), so in training a late escalation can
   turn a wrong kept step into a right answer. Test problems have 4-6 operations, where the same model
   trusts the written prefix: the repair no longer works. Outcome reward can learn the shortcut ("escalate
-  late"); a process reward that checks every step should not.
+  late"); a process reward that checks every step should not. Measured: the repair works on a wrong
+  *result*, but the small model's own kept wrong steps are mostly a wrong *operand*, which is not repaired,
+  so routes rarely end lucky (benchmarks/RESULTS.md, "Why: the *lucky* world makes almost no lucky answers").
 * ``sparse``: labelled chains of 8-12 operations, where the small model alone is rarely right and the
   outcome is a sparse signal; evaluated at low budgets (large λ_c).
 
