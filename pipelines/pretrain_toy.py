@@ -125,16 +125,37 @@ def example_ids(p: Problem, codec: CharCodec) -> tuple[list[int], list[int]]:
     return codec.prompt_ids(p), codec.encode(p.solution) + [codec.eos]
 
 
-def corrupted_ids(p: Problem, codec: CharCodec, rng: np.random.Generator, repair_max_ops: int
+def _corruption_deltas(red: toy.Reduction, kind: str, cfg: toy.ToyConfig) -> list[int]:
+    """The deltas that corrupt ``red`` as ``kind`` with every value in the task's range (never negative;
+    a wrong operand stays a one-digit operand of the task); ``[0]`` for an operator swap that stays in range."""
+    if kind == "result":
+        return [d for d in (-3, -2, -1, 1, 2, 3) if red.result + d >= 0]
+    if kind == "operand":
+        return [w - red.right for w in range(cfg.operand_min, cfg.operand_max + 1)
+                if w != red.right and toy.apply_op(red.left, red.op, w) >= cfg.min_value]
+    flipped = toy.CORRUPTIONS["operator"](red, 0)
+    return [0] if flipped.result >= cfg.min_value else []
+
+
+def corrupted_ids(p: Problem, codec: CharCodec, rng: np.random.Generator, repair_max_ops: int,
+                  kinds: Sequence[str] = ("result",), at_last: bool = False, cfg: toy.ToyConfig | None = None
                   ) -> tuple[list[int], list[int]]:
-    """A corrupted-prefix example (:func:`toy.corrupted_solution`): one wrong step (result off by 1-3, never
-    negative) at a random position before the last operation; the target continuation repairs it when the
-    problem has at most ``repair_max_ops`` operations, else trusts it. The loss is on the continuation."""
+    """A corrupted-prefix example (:func:`toy.corrupted_solution`): one wrong step at a random position
+    before the last operation (``at_last``: any operation, the last included, so that only the ``Answer:``
+    line follows it), its kind drawn from ``kinds`` (repeat a kind to weight it): a result off by 1-3, a
+    right operand replaced by another of the task's operands (right arithmetic on it), or ``+``/``-``
+    swapped; a kind that cannot corrupt that step within the task's range falls back to ``result``. The
+    target continuation repairs it when the problem has at most ``repair_max_ops`` operations, else
+    trusts it. The loss is on the continuation. With the defaults the draws are the ones the first
+    *lucky* model was trained on."""
     n = p.meta["n_ops"]
-    at = int(rng.integers(0, n - 1))
-    right = toy.evaluate(*toy.parse_expression(p.question))[at].result
-    deltas = [d for d in (-3, -2, -1, 1, 2, 3) if right + d >= 0]
-    prefix, cont = toy.corrupted_solution(p, at, int(rng.choice(deltas)), repair=n <= repair_max_ops)
+    at = int(rng.integers(0, n if at_last else n - 1))
+    red = toy.evaluate(*toy.parse_expression(p.question), labels=toy.is_labelled(p.question))[at]
+    kind = kinds[0] if len(kinds) == 1 else str(rng.choice(list(kinds)))
+    deltas = _corruption_deltas(red, kind, cfg or toy.ToyConfig()) if kind != "result" else []
+    if not deltas:
+        kind, deltas = "result", _corruption_deltas(red, "result", cfg or toy.ToyConfig())
+    prefix, cont = toy.corrupted_solution(p, at, int(rng.choice(deltas)), repair=n <= repair_max_ops, kind=kind)
     ctx = codec.prompt_ids(p) + codec.encode(toy.STEP_SEP.join(prefix) + toy.STEP_SEP)
     return ctx, codec.encode(toy.STEP_SEP.join(cont)) + [codec.eos]
 
@@ -160,11 +181,13 @@ def encode_batch(problems: Sequence[Problem], codec: CharCodec, length: int, exa
 
 
 def batches(cfg: toy.ToyConfig, codec: CharCodec, *, seed: int, batch: int, corrupt_frac: float = 0.0,
-            repair_max_ops: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            repair_max_ops: int = 0, corrupt_kinds: Sequence[str] = ("result",), corrupt_at_last: bool = False
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The training stream: problems of the train split (``toy.iter_problems``, seeded), grouped by their
     number of operations so that each batch is padded only to the length its group needs (one compiled
     shape per group); a batch is emitted as soon as its group holds ``batch`` problems. With
-    ``corrupt_frac`` > 0 that share of the examples are corrupted-prefix examples (:func:`corrupted_ids`)."""
+    ``corrupt_frac`` > 0 that share of the examples are corrupted-prefix examples (:func:`corrupted_ids`, with
+    ``corrupt_kinds`` and ``corrupt_at_last``)."""
     stream = toy.iter_problems(cfg, seed=seed, split="train", unique=False)
     rng = np.random.default_rng([seed, 7919])
     pad = 8 if corrupt_frac > 0 else 0  # a wrong running value may add a digit or a sign per step
@@ -173,7 +196,8 @@ def batches(cfg: toy.ToyConfig, codec: CharCodec, *, seed: int, batch: int, corr
     while True:
         p = next(stream)
         n = p.meta["n_ops"]
-        ex = corrupted_ids(p, codec, rng, repair_max_ops) if n >= 2 and rng.random() < corrupt_frac else \
+        corrupt = n >= 2 and rng.random() < corrupt_frac
+        ex = corrupted_ids(p, codec, rng, repair_max_ops, corrupt_kinds, corrupt_at_last, cfg) if corrupt else \
             example_ids(p, codec)
         groups[n].append((p, ex))
         if len(groups[n]) == batch:
@@ -256,7 +280,7 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
               eval_every: int, snapshot_at: float = 0.0, snapshot_every: int = 25, snapshot_step: int = 0,
               stop_after_snapshot: bool = False, init=None, log=print, progress: bool = True,
               save_every: int = 0, save_dir: Path | None = None, corrupt_frac: float = 0.0,
-              repair_max_ops: int = 0):
+              repair_max_ops: int = 0, corrupt_kinds: Sequence[str] = ("result",), corrupt_at_last: bool = False):
     """Train one model; returns ``(model, meta, snapshot)``.
 
     With ``snapshot_at > 0`` the validation set is evaluated every ``snapshot_every`` steps until its
@@ -277,7 +301,8 @@ def train_one(name: str, spec: ModelSpec, cfg: toy.ToyConfig, tokenizer, *, seed
     tx = make_optimizer(spec)
     opt_state = tx.init(params)
     step_fn = make_train_step(graphdef, rest, tx)
-    data = batches(cfg, codec, seed=seed, batch=spec.batch, corrupt_frac=corrupt_frac, repair_max_ops=repair_max_ops)
+    data = batches(cfg, codec, seed=seed, batch=spec.batch, corrupt_frac=corrupt_frac, repair_max_ops=repair_max_ops,
+                   corrupt_kinds=corrupt_kinds, corrupt_at_last=corrupt_at_last)
     sampler = Sampler(model, tokenizer)
     log(f"[{name}] {param_count(model):,} params  {spec}  max seq_len={length}")
 
@@ -368,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     help="share of training examples with one wrong step in the prefix (the lucky world's large "
                          "model): the target repairs it on problems of <= --repair-max-ops operations, else trusts it")
     ap.add_argument("--repair-max-ops", type=int, default=0)
+    ap.add_argument("--corrupt-kinds", nargs="+", choices=sorted(toy.CORRUPTIONS), default=["result"],
+                    help="how the wrong step is wrong, drawn per example (repeat a kind to weight it)")
+    ap.add_argument("--corrupt-at", choices=("before-last", "any"), default="before-last",
+                    help="which operation may be the wrong one: any but the last (default), or any")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -401,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                           stop_after_snapshot=args.small_only, init=init,
                                           progress=not args.no_progress, save_every=args.save_every,
                                           save_dir=args.out, corrupt_frac=args.corrupt_frac,
-                                          repair_max_ops=args.repair_max_ops)
+                                          repair_max_ops=args.repair_max_ops, corrupt_kinds=args.corrupt_kinds,
+                                          corrupt_at_last=args.corrupt_at == "any")
         command = "python -m pipelines.pretrain_toy " + " ".join(argv or [])
         meta.update(task=cfg.to_dict(), command=command,
                     init_from=None if init is None else str(getattr(args, f"{name}_init")))

@@ -58,7 +58,7 @@ from roro_jax.router.baselines import ConfidenceThreshold, lrm_only, srm_only
 from roro_jax.router.features import get_family
 from roro_jax.router.policies import RouterPolicy
 from roro_jax.store import TrajectoryStore
-from roro_jax.types import pad_trajectories
+from roro_jax.types import ESCALATE, KEEP, pad_trajectories
 from roro_jax.worlds.variants import get_world
 
 # arm -> reward.process_scorer (None: no process term)
@@ -196,11 +196,24 @@ def train_lockstep(cfg, engines, learner: RouterLearner, routers: Sequence[Route
 
 
 def outcomes(trajs) -> dict[str, list[float]]:
-    """Per problem (in order): correct (share of samples), large-model tokens, kept tokens."""
+    """Per problem (in order): correct (share of samples), large-model tokens, kept tokens; in a world
+    whose trajectories carry step labels (the toy worlds' ``wrong_steps``), also ``kept_wrong`` (share of
+    samples that kept a wrong small step) and ``late_escalation`` (share that escalated a step after a
+    kept wrong one: the repair a lucky answer needs)."""
     from roro_jax.eval.records import point_from_trajectories
 
     p = point_from_trajectories("x", trajs)
-    return {"correct": p.correct, "large": p.large_tokens, "total": p.total_tokens}
+    out = {"correct": p.correct, "large": p.large_tokens, "total": p.total_tokens}
+    if trajs and all("wrong_steps" in t.meta for t in trajs):
+        by_q: dict[str, list[tuple[bool, bool]]] = {}
+        for t in trajs:
+            kept = [i for i in t.meta["wrong_steps"] if t.steps[i].action == KEEP]
+            late = bool(kept) and any(s.action == ESCALATE for s in t.steps[kept[0] + 1:])
+            by_q.setdefault(str(t.query_id), []).append((bool(kept), late))
+        order = list(dict.fromkeys(str(t.query_id) for t in trajs))
+        out["kept_wrong"] = [float(np.mean([k for k, _ in by_q[q]])) for q in order]
+        out["late_escalation"] = [float(np.mean([e for _, e in by_q[q]])) for q in order]
+    return out
 
 
 def evaluate(cfg, engines, learner, policies: dict[str, Any], problems, seed: int) -> dict[str, dict]:
@@ -390,6 +403,7 @@ def summarize(results: Sequence[dict], opts: StudyOptions, lambda_p: dict[str, f
     rng = np.random.default_rng(12345)
     idx = rng.integers(0, n, size=(opts.n_boot, n))
     boot: dict[str, list[dict[str, np.ndarray]]] = {a: [] for a in arms}
+    behaviour: dict[str, list] = {}  # arm -> per seed, per router: [kept_wrong, late_escalation] shares
     for res in results:
         if res["test_ids"] != results[0]["test_ids"]:
             raise ValueError("seeds were evaluated on different test problems; the comparison must be paired")
@@ -406,6 +420,9 @@ def summarize(results: Sequence[dict], opts: StudyOptions, lambda_p: dict[str, f
             Lg = np.stack([np.asarray(fin[nm]["large"])[idx].sum(1) for nm in names[arm]], 1)
             Tt = np.stack([np.asarray(fin[nm]["total"])[idx].sum(1) for nm in names[arm]], 1)
             boot[arm].append(_metrics(Lg / np.maximum(Tt, 1), C, s_c[idx].mean(1), l_c[idx].mean(1), opts.budgets))
+            if arm in opts.arms and all("kept_wrong" in fin[nm] for nm in names[arm]):
+                behaviour.setdefault(arm, []).append([[float(np.mean(fin[nm]["kept_wrong"])),
+                                                       float(np.mean(fin[nm]["late_escalation"]))] for nm in names[arm]])
     keys = ["auc", "cpt_80"] + [f"acc_at_{b:g}" for b in opts.budgets]
     table = {a: {k: _mean_std([r[k] for r in per_seed[a]]) for k in keys} for a in arms}
     diffs = {}
@@ -443,7 +460,9 @@ def summarize(results: Sequence[dict], opts: StudyOptions, lambda_p: dict[str, f
             "endpoints": {"srm": _mean_std([np.mean(r["final"]["srm"]["correct"]) for r in results]),
                           "lrm": _mean_std([np.mean(r["final"]["lrm"]["correct"]) for r in results])},
             "per_seed": per_seed, "table": table, "paired_bootstrap": diffs, "learning_curves": learning,
-            "rubric": [r["rubric"] for r in results], "routers": first["routers"]}
+            "rubric": [r["rubric"] for r in results], "routers": first["routers"],
+            "route_behaviour": {a: np.mean(np.asarray(v, float), 0).tolist() for a, v in behaviour.items()
+                                if len(v) == len(results)}}
 
 
 def _names_by_arm(res, opts, suffix: str = "") -> dict[str, list[str]]:
@@ -496,6 +515,13 @@ def render(summary: dict) -> str:
                   "| arm | " + " | ".join(f"λ_c = {lc:g}" for lc in lcs) + " | mean |", "|---|" + "---|" * (len(lcs) + 1)]
         for arm, r in res.items():
             lines.append(f"| {arm} | " + " | ".join(f"{v:+.3f}" for v in r) + f" | {np.mean(r):+.3f} |")
+    beh = summary.get("route_behaviour") or {}
+    if beh:
+        lines += ["", "Routes that keep a wrong small step / that then escalate a later step (share of test problems, "
+                      "mean over seeds; the step checker's labels):", "",
+                  "| arm | " + " | ".join(f"λ_c = {lc:g}" for lc in lcs) + " |", "|---|" + "---|" * len(lcs)]
+        for arm, rows in beh.items():
+            lines.append(f"| {arm} | " + " | ".join(f"{k:.3f} / {e:.3f}" for k, e in rows) + " |")
     lines += ["", "Paired bootstrap (test problems resampled jointly for every arm and seed; 95% interval of the "
                   "seed-mean difference):", "", "| difference | " + " | ".join(cols) + " |",
               "|---|" + "---|" * len(cols)]

@@ -41,7 +41,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from roro_jax.tasks.problem import Problem
 from roro_jax.tokenizer import load_tokenizer  # noqa: F401 - the loader of save_tokenizer's folders
@@ -542,27 +542,58 @@ def check_solution(problem: Problem, solution: str | Sequence[str], *,
     return StepCheck(tuple(steps), tuple(verdicts), first_wrong, final_ok, n_ref, tuple(reasons))
 
 
-def corrupted_solution(problem: Problem, at: int, delta: int, *, repair: bool) -> tuple[list[str], list[str]]:
-    """A left-to-right solution whose step ``at`` is wrong by ``delta``, and how it goes on.
+def _wrong_result(r: Reduction, delta: int) -> Reduction:
+    return replace(r, result=r.result + delta)
 
-    Returns ``(prefix, continuation)``: ``prefix`` = the reference steps up to ``at`` with step ``at``'s
-    result replaced by ``result + delta``; ``continuation`` = the steps after it, ending with ``Answer: N``:
+
+def _wrong_operand(r: Reduction, delta: int) -> Reduction:
+    return replace(r, right=r.right + delta, result=apply_op(r.left, r.op, r.right + delta))
+
+
+_FLIP = {"+": "-", "-": "+"}
+
+
+def _wrong_operator(r: Reduction, delta: int) -> Reduction:
+    if r.op not in _FLIP:
+        raise ValueError(f"corrupted_solution: kind 'operator' flips + and -, got {r.op!r}")
+    return replace(r, op=_FLIP[r.op], result=apply_op(r.left, _FLIP[r.op], r.right))
+
+
+#: How a corrupted step goes wrong (:func:`corrupted_solution`'s ``kind``): ``result`` = the arithmetic is
+#: off by ``delta``; ``operand`` = the right operand is off by ``delta`` and the arithmetic on it is right
+#: (the small models' commonest slip: a misread question); ``operator`` = ``+`` and ``-`` swapped, the
+#: arithmetic right (``delta`` unused).
+CORRUPTIONS: dict[str, Callable[[Reduction, int], Reduction]] = {
+    "result": _wrong_result, "operand": _wrong_operand, "operator": _wrong_operator}
+
+
+def corrupted_solution(problem: Problem, at: int, delta: int, *, repair: bool, kind: str = "result"
+                       ) -> tuple[list[str], list[str]]:
+    """A left-to-right solution whose step ``at`` is wrong, and how it goes on.
+
+    Returns ``(prefix, continuation)``: ``prefix`` = the reference steps up to ``at`` with step ``at``
+    corrupted as ``kind`` says (:data:`CORRUPTIONS`: its result off by ``delta``, its right operand off by
+    ``delta``, or its operator swapped); ``continuation`` = the steps after it, ending with ``Answer: N``:
     with ``repair`` the reference steps (the running value recomputed from the question, so the final
-    answer is right although a wrong step was written), otherwise the remaining operations applied to the
-    wrong value (the written prefix trusted). This is how the *lucky* world's large model was trained to
-    continue a wrong prefix (:mod:`roro_jax.worlds.variants`).
+    answer is right although a wrong step was written; when ``at`` is the last operation, only the right
+    ``Answer:``), otherwise the remaining operations applied to the wrong value (the written prefix
+    trusted). This is how the *lucky* world's large model was trained to continue a wrong prefix
+    (:mod:`roro_jax.worlds.variants`).
     """
     values, ops = parse_expression(problem.question)
     if problem.meta.get("precedence", "left_to_right") != "left_to_right":
         raise ValueError("corrupted_solution: left-to-right problems only")
-    if not 0 <= at < len(ops) or delta == 0:
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"corrupted_solution: unknown kind {kind!r}; known: {sorted(CORRUPTIONS)}")
+    if not 0 <= at < len(ops) or (delta == 0 and kind != "operator"):
         raise ValueError(f"corrupted_solution: need 0 <= at < {len(ops)} and delta != 0, got {at}, {delta}")
     reds = evaluate(values, ops, labels=is_labelled(problem.question))
-    prefix = [r.text for r in reds[:at]] + [replace(reds[at], result=reds[at].result + delta).text]
+    wrong = CORRUPTIONS[kind](reds[at], delta)
+    prefix = [r.text for r in reds[:at]] + [wrong.text]
     if repair:
         cont = [r.text for r in reds[at + 1:]] + [f"{ANSWER_PREFIX}{reds[-1].result}"]
         return prefix, cont
-    v = reds[at].result + delta
+    v = wrong.result
     cont = []
     for r in reds[at + 1:]:
         c = apply_op(v, r.op, r.right)

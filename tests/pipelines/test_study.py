@@ -47,10 +47,38 @@ def test_study_quick_runs_end_to_end(tmp_path):
     assert n == 24 and all(len(v["correct"]) == n for v in res["final"].values())
     assert {r["arm"] for r in res["routers"]} == {"outcome", "roro", "no_rubric", "oracle"}
     assert sorted(data["learning_curves"]["outcome"]) == ["2", "4"]
+    # the toy worlds' step labels give every trained arm's route behaviour, per λ_c
+    assert set(data["route_behaviour"]) == {"outcome", "roro", "no_rubric", "oracle"}
+    for rows in data["route_behaviour"].values():
+        assert len(rows) == len(data["options"]["lambda_c"])
+        assert all(0.0 <= late <= kept <= 1.0 for kept, late in rows)
+    assert "keep a wrong small step" in (out / "summary.md").read_text()
     assert summary["world"] == "control"
     # a rerun reuses the finished seed and the tuning
     again = S.main(["--world", "control", "--seeds", "0", "--quick", "--out", str(out)])
     assert again["table"] == summary["table"]
+
+
+def test_outcomes_count_kept_wrong_steps_and_late_escalations():
+    from roro_jax.types import ESCALATE, KEEP, Step, Trajectory
+
+    def traj(q, i, actions, wrong, correct):
+        steps = [Step(index=j, text=f"s{j}", action=a, small_tokens=3, large_tokens=3 * a)
+                 for j, a in enumerate(actions)]
+        return Trajectory(query_id=q, sample_idx=i, policy_id="p", steps=steps, correct=correct,
+                          meta={"wrong_steps": wrong})
+
+    K, E = KEEP, ESCALATE
+    out = S.outcomes([traj("a", 0, [K, K, E], [1], True),   # kept wrong step 1, escalated after it
+                      traj("a", 1, [K, E, K], [1], False),  # its wrong step escalated: not kept
+                      traj("b", 0, [E, K, K], [2], False),  # kept wrong step 2, nothing after it escalated
+                      traj("c", 0, [K, K, K], [], True)])
+    assert out["correct"] == [0.5, 0.0, 1.0]
+    assert out["kept_wrong"] == [0.5, 1.0, 0.0] and out["late_escalation"] == [0.5, 0.0, 0.0]
+    # worlds without step labels: only the three cost/outcome lists
+    plain = S.outcomes([Trajectory(query_id="a", sample_idx=0, policy_id="p", steps=[Step(index=0, text="x")],
+                                   correct=True)])
+    assert set(plain) == {"correct", "large", "total"}
 
 
 def test_no_judge_arm_skips_the_rubric_stage(tmp_path):

@@ -308,3 +308,26 @@ def test_corrupted_solution_repairs_or_trusts():
         toy.corrupted_solution(p, 3, 1, repair=True)
     with pytest.raises(ValueError):
         toy.corrupted_solution(p, 0, 0, repair=True)
+
+
+def test_corrupted_solution_kinds_and_the_last_operation():
+    cfg = toy.difficulty("chain", min_ops=3, max_ops=3)
+    p = toy.make_problem([7, 3, 4, 5], ["+", "+", "-"], cfg)  # 10, 14, 9
+    # a misread operand, the arithmetic on it right: the checker calls it an operand error
+    prefix, cont = toy.corrupted_solution(p, 1, 2, repair=False, kind="operand")
+    assert prefix[-1] == "b 10 + 6 = 16" and cont == ["c 16 - 5 = 11", "Answer: 11"]
+    assert toy.check_solution(p, prefix + cont).verdicts[1] == "operand"
+    prefix, cont = toy.corrupted_solution(p, 1, 0, repair=True, kind="operator")
+    assert prefix[-1] == "b 10 - 4 = 6" and cont == ["c 14 - 5 = 9", "Answer: 9"]
+    assert toy.check_solution(p, prefix + cont).verdicts[1] != "ok"
+    # the last operation: only the Answer line follows; repaired it is the true answer, trusted the written one
+    prefix, cont = toy.corrupted_solution(p, 2, -3, repair=True, kind="operand")
+    assert prefix[-1] == "c 14 - 2 = 12" and cont == ["Answer: 9"]
+    assert toy.corrupted_solution(p, 2, -3, repair=False, kind="operand")[1] == ["Answer: 12"]
+    with pytest.raises(ValueError, match="unknown kind"):
+        toy.corrupted_solution(p, 0, 1, repair=True, kind="label")
+    with pytest.raises(ValueError, match="delta"):
+        toy.corrupted_solution(p, 0, 0, repair=True, kind="operand")
+    times = toy.make_problem([2, 3], ["*"], toy.ToyConfig(operators="*", min_ops=1, max_ops=1))
+    with pytest.raises(ValueError, match="flips"):
+        toy.corrupted_solution(times, 0, 0, repair=True, kind="operator")

@@ -141,3 +141,39 @@ def test_pretraining_is_deterministic():
     a, b = run(0), run(0)
     assert len(a) == len(b) > 0
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_corrupted_training_examples_by_kind():
+    """``pretrain_toy.corrupted_ids``: the wrong step is of the drawn kind (a misread operand: the checker's
+    ``operand`` verdict), may be the last operation only with ``at_last``, and the target repairs it on
+    short problems and trusts it on long ones."""
+    from pipelines.pretrain_toy import CharCodec, corrupted_ids
+
+    tok = toy.build_tokenizer()
+    codec = CharCodec(tok)
+    cfg = toy.difficulty("chain", max_ops=6)
+    seen = {"operand": 0, "result": 0, "last": 0, "repaired": 0, "trusted": 0}
+    rng = np.random.default_rng(0)
+    for p in toy.generate(60, cfg, seed=1, split="train"):
+        n = p.meta["n_ops"]
+        for kinds, at_last in ((("operand",), True), (("result",), False)):
+            ctx, target = corrupted_ids(p, codec, rng, 3, kinds, at_last, cfg)
+            text = tok.decode(ctx, skip_special_tokens=True)
+            steps = toy.split_steps(text[len(toy.prompt_text(p)):]) + toy.split_steps(tok.decode(target, skip_special_tokens=True))
+            chk = toy.check_solution(p, steps)
+            wrong = chk.first_wrong
+            assert wrong is not None and wrong < n, (p.question, steps)
+            kind = chk.verdicts[wrong]
+            seen["operand"] += kind == "operand"
+            seen["result"] += kind == "arithmetic"
+            if kinds == ("result",):
+                assert kind == "arithmetic" and wrong < n - 1, steps
+            seen["last"] += wrong == n - 1
+            if n <= 3:
+                assert chk.final_answer_correct, steps
+                seen["repaired"] += 1
+            else:
+                assert not chk.final_answer_correct, steps
+                seen["trusted"] += 1
+    assert seen["operand"] >= 40 and seen["result"] >= 60 and seen["last"] >= 5, seen
+    assert seen["repaired"] > 0 and seen["trusted"] > 0, seen
