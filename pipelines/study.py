@@ -47,6 +47,7 @@ import numpy as np
 
 from pipelines import toy as T
 from pipelines.roro import pairs_stage, rubric_stage
+from pipelines.route_counts import route_flags
 from pipelines.rubric import process_scorer
 from roro_jax.config import load_config
 from roro_jax.eval.metrics import curve_metrics_batched
@@ -58,7 +59,7 @@ from roro_jax.router.baselines import ConfidenceThreshold, lrm_only, srm_only
 from roro_jax.router.features import get_family
 from roro_jax.router.policies import RouterPolicy
 from roro_jax.store import TrajectoryStore
-from roro_jax.types import ESCALATE, KEEP, pad_trajectories
+from roro_jax.types import pad_trajectories
 from roro_jax.worlds.variants import get_world
 
 # arm -> reward.process_scorer (None: no process term)
@@ -207,9 +208,7 @@ def outcomes(trajs) -> dict[str, list[float]]:
     if trajs and all("wrong_steps" in t.meta for t in trajs):
         by_q: dict[str, list[tuple[bool, bool]]] = {}
         for t in trajs:
-            kept = [i for i in t.meta["wrong_steps"] if t.steps[i].action == KEEP]
-            late = bool(kept) and any(s.action == ESCALATE for s in t.steps[kept[0] + 1:])
-            by_q.setdefault(str(t.query_id), []).append((bool(kept), late))
+            by_q.setdefault(str(t.query_id), []).append(route_flags(t))
         order = list(dict.fromkeys(str(t.query_id) for t in trajs))
         out["kept_wrong"] = [float(np.mean([k for k, _ in by_q[q]])) for q in order]
         out["late_escalation"] = [float(np.mean([e for _, e in by_q[q]])) for q in order]
