@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Iterable
 
 from roro_jax.types import ESCALATE, KEEP, Trajectory
@@ -50,6 +51,8 @@ def main(argv=None) -> dict[str, int]:
     ap.add_argument("trajectories", help="a trajectory store (JSONL) of a toy world")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if not Path(a.trajectories).is_file():
+        ap.error(f"{a.trajectories}: no such trajectory store")
     c = route_counts(TrajectoryStore(a.trajectories).iter())
     if a.json:
         print(json.dumps(c))

@@ -9,12 +9,14 @@ test distribution:
   gain here; a large "win" points to a flaw in the comparison.
 * ``lucky`` (flawed positives, then a shift): labelled chains; the large model was trained to *repair* a
   wrong prefix on problems of up to 3 operations (it recomputes the running value from the question when
-  it writes a step, :func:`roro_jax.tasks.toy.corrupted_solution`), so in training a late escalation can
-  turn a wrong kept step into a right answer. Test problems have 4-6 operations, where the same model
-  trusts the written prefix: the repair no longer works. Outcome reward can learn the shortcut ("escalate
-  late"); a process reward that checks every step should not. Measured: the repair works on a wrong
-  *result*, but the small model's own kept wrong steps are mostly a wrong *operand*, which is not repaired,
-  so routes rarely end lucky (benchmarks/RESULTS.md, "Why: the *lucky* world makes almost no lucky answers").
+  it writes a step or the ``Answer:`` line, :func:`roro_jax.tasks.toy.corrupted_solution`), on the kinds
+  of error the small model makes (mostly a misread operand with right arithmetic), so in training a late
+  escalation can turn a wrong kept step into a right answer (measured: 28 of the small model's 31 own
+  wrong steps at 2-3 operations). Test problems have 4-6 operations, where the same model trusts the
+  written prefix: the repair no longer works. Outcome reward can learn the shortcut ("escalate late");
+  a process reward that checks every step should not. (The first version of this world repaired only
+  wrong *results* and none of the small model's own errors: benchmarks/RESULTS.md, "Why: the *lucky*
+  world makes almost no lucky answers".)
 * ``sparse``: labelled chains of 8-12 operations, where the small model alone is rarely right and the
   outcome is a sparse signal; evaluated at low budgets (large λ_c).
 

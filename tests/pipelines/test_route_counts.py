@@ -25,6 +25,8 @@ def test_counts(tmp_path):
     path = tmp_path / "t.jsonl"
     TrajectoryStore(path).add_many(ROUTES)
     assert main([str(path), "--json"]) == route_counts(ROUTES)
+    with pytest.raises(SystemExit):  # a missing store is an error, not zero routes
+        main([str(tmp_path / "nope.jsonl")])
 
 
 def test_routes_without_step_labels_are_an_error():

@@ -51,12 +51,17 @@ def test_missing_model_folder_is_a_clear_error(monkeypatch, tmp_path):
 def test_shipped_world_models_do_what_their_world_needs():
     """The shipped models behave as the worlds are documented (roro_jax/assets/toy/README.md, measured by
     ``python -m pipelines.world_models``): lucky's large model repairs a wrong prefix on its training
-    chains and trusts it on the test chains; sparse's small model is rarely right on its long chains."""
+    chains (constructed prefixes and the small model's own wrong steps) and trusts it on the test chains; sparse's small model is rarely right on its long chains."""
     from pipelines.world_models import world_table
 
     lucky = {r["ops"]: r for r in world_table("lucky", [2, 5], n=8, seed=0)}
     assert lucky[2]["repaired"] >= 0.75 and lucky[5]["trusted"] >= 0.75, lucky
     assert lucky[2]["large_acc"] >= 0.75 and lucky[5]["large_acc"] >= 0.75
     assert lucky[2]["small_acc"] > lucky[5]["small_acc"]
+    # ... and so on the small model's own wrong steps, which are mostly misread operands (the first lucky
+    # model repaired constructed wrong results but none of these: 0 of 28 at 3 operations)
+    (own,) = world_table("lucky", [3], n=32, seed=0)
+    assert own["own_n"] >= 8 and own["own_repaired"] >= 0.75, own
+    assert lucky[5]["own_n"] >= 4 and lucky[5]["own_trusted"] >= 0.75, lucky
     sparse = world_table("sparse", [11], n=8, seed=0)[0]
     assert sparse["small_acc"] <= 0.3 and sparse["large_acc"] >= 0.75, sparse
