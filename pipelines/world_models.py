@@ -38,7 +38,7 @@ def _final(text: str) -> str:
     return steps[-1] if steps else ""
 
 
-def greedy_texts(sampler: Sampler, codec: CharCodec, prompts: Sequence[list[int]], max_new: int) -> list[str]:
+def greedy_texts(sampler: Sampler, prompts: Sequence[list[int]], max_new: int) -> list[str]:
     outs = sampler.generate(list(prompts), [SamplingParams(max_new_tokens=max_new, temperature=0.0)] * len(prompts))
     return [o.text for o in outs]
 
@@ -74,7 +74,7 @@ def own_error_rates(problems: Sequence[toy.Problem], small_texts: Sequence[str],
         targets.append((f"{toy.ANSWER_PREFIX}{p.answer}", f"{toy.ANSWER_PREFIX}{v}"))
     if not prompts:
         return {"own_n": 0, "own_repaired": float("nan"), "own_trusted": float("nan")}
-    ans = [_final(t) for t in greedy_texts(*large, prompts, max_new)]
+    ans = [_final(t) for t in greedy_texts(large[0], prompts, max_new)]
     return {"own_n": len(prompts),
             "own_repaired": float(np.mean([a == r for a, (r, _) in zip(ans, targets)])),
             "own_trusted": float(np.mean([a == t for a, (_, t) in zip(ans, targets)]))}
@@ -108,7 +108,7 @@ def world_table(world: str, ops: Sequence[int], n: int, seed: int = 0) -> list[d
         task = toy.ToyConfig(**{**w.test_task.__dict__, "min_ops": k, "max_ops": k})
         ps = toy.generate(n, task, seed=seed, split="test")
         max_new = 16 * (k + 2)
-        texts = {m: greedy_texts(*samplers[m], [samplers[m][1].prompt_ids(p) for p in ps], max_new)
+        texts = {m: greedy_texts(samplers[m][0], [samplers[m][1].prompt_ids(p) for p in ps], max_new)
                  for m in ("small", "large")}
         row = {"ops": k, **{f"{m}_acc": float(np.mean([toy.check_solution(p, t).correct for p, t in zip(ps, texts[m])]))
                             for m in ("small", "large")}}
