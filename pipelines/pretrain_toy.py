@@ -152,9 +152,10 @@ def corrupted_ids(p: Problem, codec: CharCodec, rng: np.random.Generator, repair
     at = int(rng.integers(0, n if at_last else n - 1))
     red = toy.evaluate(*toy.parse_expression(p.question), labels=toy.is_labelled(p.question))[at]
     kind = kinds[0] if len(kinds) == 1 else str(rng.choice(list(kinds)))
-    deltas = _corruption_deltas(red, kind, cfg or toy.ToyConfig()) if kind != "result" else []
-    if not deltas:
-        kind, deltas = "result", _corruption_deltas(red, "result", cfg or toy.ToyConfig())
+    cfg = cfg or toy.ToyConfig()
+    deltas = _corruption_deltas(red, kind, cfg)
+    if not deltas:  # a result can always be off by one upward
+        kind, deltas = "result", _corruption_deltas(red, "result", cfg)
     prefix, cont = toy.corrupted_solution(p, at, int(rng.choice(deltas)), repair=n <= repair_max_ops, kind=kind)
     ctx = codec.prompt_ids(p) + codec.encode(toy.STEP_SEP.join(prefix) + toy.STEP_SEP)
     return ctx, codec.encode(toy.STEP_SEP.join(cont)) + [codec.eos]

@@ -37,8 +37,8 @@ def route_counts(trajs: Iterable[Trajectory]) -> dict[str, int]:
         kept, late = route_flags(t)
         c["routes"] += 1
         c["correct"] += bool(t.correct)
-        c["kept_wrong"] += bool(kept)
-        c["lucky"] += bool(kept) and bool(t.correct)
+        c["kept_wrong"] += kept
+        c["lucky"] += kept and bool(t.correct)
         c["escalated_after"] += late
         c["repaired"] += late and bool(t.correct)
     return c
